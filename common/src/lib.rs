@@ -4,3 +4,4 @@
 pub mod catalog;
 pub mod sse;
 pub mod wire;
+pub mod route;
