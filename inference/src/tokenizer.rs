@@ -21,7 +21,8 @@
 //! fixed byte string (normal pieces with `▁` -> space or byte-level unmapped, byte tokens as their
 //! byte, special/user-defined tokens as their text), and the text is those bytes, concatenated,
 //! as lossy UTF-8. That makes streaming exact and cheap: see [`TokenStream`].
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -222,6 +223,35 @@ fn float_value(v: &Value) -> Result<f32> {
     })
 }
 
+/// A small fast hasher (FxHash) for the merge derivation's many short-string lookups.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap());
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(buf)).wrapping_mul(K);
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(5) ^ i as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 fn tk_err(e: tokenizers::Error) -> anyhow::Error {
     anyhow!("{e}")
 }
@@ -309,24 +339,39 @@ fn build_spm(meta: &Meta, add_space_prefix: bool) -> Result<Tokenizer> {
     if scores.len() != n {
         bail!("tokenizer.ggml.scores has {} entries for {} tokens", scores.len(), n);
     }
-    let vocab: Vocab = meta.tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
-
-    // Every piece that can come out of a merge (added tokens never reach the model), split
-    // every way into two vocab pieces. Rank: the merged piece's score, highest first.
-    let mut targets: Vec<u32> = (0..n as u32)
-        .filter(|&i| !meta.is_special_type(i as usize) && meta.tokens[i as usize].chars().nth(1).is_some())
-        .collect();
-    targets.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
-    let mut merges = Vec::with_capacity(targets.len() * 4);
-    for &id in &targets {
-        let piece = meta.tokens[id as usize];
-        for (k, _) in piece.char_indices().skip(1) {
-            let (left, right) = piece.split_at(k);
-            if vocab.contains_key(left) && vocab.contains_key(right) {
-                merges.push((left.to_string(), right.to_string()));
+    let t0 = std::time::Instant::now();
+    // The owned vocab (for the model) on a second thread, the merges here.
+    let (vocab, merges) = std::thread::scope(|s| {
+        let vocab = s.spawn(|| -> Vocab {
+            meta.tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect()
+        });
+        let mut known: HashSet<&str, BuildHasherDefault<FxHasher>> = HashSet::default();
+        known.reserve(n);
+        known.extend(meta.tokens.iter().copied());
+        eprintln!("  set {:?}", t0.elapsed());
+        // Every piece that can come out of a merge (added tokens never reach the model), split
+        // every way into two vocab pieces. Rank: the merged piece's score, highest first.
+        let mut targets: Vec<u32> = (0..n as u32)
+            .filter(|&i| !meta.is_special_type(i as usize) && meta.tokens[i as usize].chars().nth(1).is_some())
+            .collect();
+        targets.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+        eprintln!("  sorted {:?}", t0.elapsed());
+        let mut merges = Vec::with_capacity(targets.len() * 2);
+        for &id in &targets {
+            let piece = meta.tokens[id as usize];
+            for (k, _) in piece.char_indices().skip(1) {
+                let (left, right) = piece.split_at(k);
+                if known.contains(left) && known.contains(right) {
+                    merges.push((left.to_string(), right.to_string()));
+                }
             }
         }
-    }
+        eprintln!("  derived {:?}", t0.elapsed());
+        let v = vocab.join().expect("vocab thread panicked");
+        eprintln!("  joined {:?}", t0.elapsed());
+        (v, merges)
+    });
+    eprintln!("merges {} {:?}", merges.len(), t0.elapsed());
     let unk = meta
         .id("tokenizer.ggml.unknown_token_id")
         .map(|i| meta.tokens[i as usize].to_string());
@@ -339,6 +384,7 @@ fn build_spm(meta: &Meta, add_space_prefix: bool) -> Result<Tokenizer> {
     }
     let model = builder.build().map_err(tk_err).context("building the SentencePiece BPE")?;
 
+    eprintln!("bpe built {:?}", t0.elapsed());
     let mut tk = Tokenizer::new(model);
     let replace = Replace::new(" ", SPM_SPACE.to_string()).map_err(tk_err)?;
     let normalizer: NormalizerWrapper = if add_space_prefix {
@@ -357,6 +403,7 @@ fn build_spm(meta: &Meta, add_space_prefix: bool) -> Result<Tokenizer> {
     }
     tk.with_decoder(Some(DecoderSequence::new(decoders)));
     tk.add_tokens(added_tokens(meta)).map_err(tk_err)?;
+    eprintln!("added {:?}", t0.elapsed());
     Ok(tk)
 }
 
@@ -400,8 +447,14 @@ fn build_bpe(meta: &Meta) -> Result<Tokenizer> {
 
 /// The ids that end generation, as llama.cpp's `llama_vocab_is_eog` sees them.
 fn end_of_generation_ids(meta: &Meta) -> Vec<u32> {
+    // Found by text only where the vocab marks them as control tokens: llama.cpp also takes
+    // ordinary pieces (Qwen's "</s>" is a normal token, Gemma's an HTML tag), we do not.
+    let control = |i: &usize| meta.types[*i] == TYPE_CONTROL;
     let find = |texts: &[&str]| -> Option<u32> {
-        texts.iter().find_map(|t| meta.tokens.iter().position(|x| x == t)).map(|i| i as u32)
+        texts
+            .iter()
+            .find_map(|t| meta.tokens.iter().position(|x| x == t).filter(control))
+            .map(|i| i as u32)
     };
     let mut ids = Vec::new();
     ids.extend(meta.id("tokenizer.ggml.eos_token_id"));
@@ -411,7 +464,7 @@ fn end_of_generation_ids(meta: &Meta) -> Vec<u32> {
     ids.extend(meta.id("tokenizer.ggml.fim_rep_token_id").or_else(|| find(FIM_REP_TEXTS)));
     ids.extend(meta.id("tokenizer.ggml.fim_sep_token_id").or_else(|| find(FIM_SEP_TEXTS)));
     for (i, t) in meta.tokens.iter().enumerate() {
-        if EOG_TEXTS.contains(t) {
+        if EOG_TEXTS.contains(t) && control(&i) {
             ids.push(i as u32);
         }
     }
@@ -423,17 +476,25 @@ fn end_of_generation_ids(meta: &Meta) -> Vec<u32> {
 impl GgufTokenizer {
     /// Builds from GGUF metadata; an unsupported `tokenizer.ggml.model` is an error naming it.
     pub fn from_gguf(ct: &Content) -> Result<Self> {
+        let t0 = std::time::Instant::now();
         let meta = Meta::read(ct)?;
+        eprintln!("meta {:?}", t0.elapsed());
         let model = meta.str("tokenizer.ggml.model").ok_or_else(|| anyhow!("GGUF has no tokenizer.ggml.model"))?;
         let (inner, pieces, strip) = match model {
             "llama" => {
                 // llama.cpp's default for SentencePiece models is to add the prefix space.
                 let prefix = meta.bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
-                (build_spm(&meta, prefix)?, piece_table(&meta, false), prefix)
+                let (tk, pieces) = std::thread::scope(|s| {
+                    let pieces = s.spawn(|| piece_table(&meta, false));
+                    let tk = build_spm(&meta, prefix);
+                    (tk, pieces.join().expect("piece table thread panicked"))
+                });
+                (tk?, pieces, prefix)
             }
             "gpt2" => (build_bpe(&meta)?, piece_table(&meta, true), false),
             other => bail!("unsupported tokenizer.ggml.model {other:?} (supported: \"llama\" (SentencePiece) and \"gpt2\" (byte-level BPE))"),
         };
+        eprintln!("all {:?}", t0.elapsed());
         Ok(Self::assemble(&meta, inner, pieces, strip, meta.tokens.len()))
     }
 
@@ -539,8 +600,9 @@ impl GgufTokenizer {
 
     /// All ids that end generation, sorted: EOS, EOT/EOM and the FIM pad/repo/file-separator
     /// ids from the metadata (or found by their well-known text), plus every well-known
-    /// end-of-turn text in the vocab (`<end_of_turn>`, `<|im_end|>`, `<|endoftext|>`, ...).
-    /// This is exactly llama.cpp's `llama_vocab_is_eog` set.
+    /// end-of-turn text that is a control token in the vocab (`<end_of_turn>`, `<|im_end|>`,
+    /// `<|endoftext|>`, ...). This is llama.cpp's `llama_vocab_is_eog` set, less the ordinary
+    /// (non-control) pieces llama.cpp also stops on, like the HTML tag `</s>`.
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
     }
@@ -676,6 +738,9 @@ fn take_complete_utf8(buf: &mut Vec<u8>, flush: bool) -> Option<String> {
     buf.drain(..start);
     (!out.is_empty()).then_some(out)
 }
+
+#[cfg(test)]
+mod llama_cpp_tests;
 
 #[cfg(test)]
 mod tests {

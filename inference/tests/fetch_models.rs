@@ -526,6 +526,6 @@ async fn the_binary_exits_nonzero_when_offline() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains(&format!("Error: cannot reach {index}")), "{stderr}");
+    assert!(stderr.contains(&format!("error: cannot reach {index}")), "{stderr}");
     assert!(stderr.contains("are you offline?") && stderr.contains("gemma-3-270m-q4_k_m.gguf"), "{stderr}");
 }

@@ -7,6 +7,7 @@
 //! ```
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -83,13 +84,23 @@ fn print_list(opts: &FetchOptions, only: &[ArtifactId]) -> anyhow::Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The messages say what to do; a backtrace (RUST_BACKTRACE) would only bury them.
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut opts = FetchOptions::new(&cli.dest);
     opts.index_url = cli.index_url;
     opts.keep_wheels = cli.keep_wheels;

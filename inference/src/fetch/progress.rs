@@ -125,11 +125,14 @@ impl Reporter {
     }
 
     /// A bar for a long local step (joining, hashing, extracting) over `len` bytes.
-    pub fn task(&self, label: &str, len: u64) -> ProgressBar {
+    pub fn task(&self, label: &str, len: Option<u64>) -> ProgressBar {
         if self.mode == Mode::Plain {
-            eprintln!("{label} ({})", HumanBytes(len));
+            match len {
+                Some(len) => eprintln!("{label} ({})", HumanBytes(len)),
+                None => eprintln!("{label}"),
+            }
         }
-        self.add_bar(len, label, "{prefix:>12.bold} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}")
+        self.add_bar(len.unwrap_or(0), label, "{prefix:>12.bold} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}")
     }
 
     /// Tracks one wheel download.
@@ -166,8 +169,8 @@ impl Reporter {
         let (done, total) = (o.done.load(Ordering::Relaxed), o.total.load(Ordering::Relaxed));
         let elapsed = o.started.lock().unwrap().map(|t| t.elapsed()).unwrap_or_default();
         let mut s = format!("overall {} of {}", HumanBytes(done), HumanBytes(total));
-        if total > 0 {
-            s += &format!(" ({}%)", done * 100 / total);
+        if let Some(percent) = (done * 100).checked_div(total) {
+            s += &format!(" ({percent}%)");
         }
         if done > 0 && done < total && elapsed > Duration::from_millis(100) {
             let eta = elapsed.mul_f64((total - done) as f64 / done as f64);

@@ -1,0 +1,164 @@
+//! Gemma 3 over quantized GGUF weights, with shared [`Weights`] and per-sequence [`Session`]s.
+//!
+//! Per layer: pre- and post-norms around attention and the MLP, RMS norms on queries and keys,
+//! GELU (tanh) gated MLP, and alternating attention: five sliding-window layers (local rotary base)
+//! for each global one. Embeddings are scaled by sqrt(hidden) and the output head is tied to them.
+//! The rotary tables are computed once for the served context and shared by all layers.
+use super::parts::{causal_mask, rope_tables, Loader};
+use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::{Device, IndexOp, Module, Result, Tensor};
+use candle_nn::kv_cache::KvCache;
+use candle_nn::Embedding;
+use candle_transformers::quantized_nn::RmsNorm;
+use candle_transformers::utils::repeat_kv;
+use std::io::{Read, Seek};
+use std::sync::Arc;
+
+struct Layer {
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    attn_norm: RmsNorm,
+    post_attn_norm: RmsNorm,
+    ffn_norm: RmsNorm,
+    post_ffn_norm: RmsNorm,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    /// Sliding-window size for local layers; None for global ones.
+    window: Option<usize>,
+}
+
+struct Inner {
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    output: QMatMul,
+    rope_local: (Tensor, Tensor),
+    rope_global: (Tensor, Tensor),
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    hidden: usize,
+}
+
+#[derive(Clone)]
+pub struct Weights(Arc<Inner>);
+
+pub struct Session {
+    w: Arc<Inner>,
+    caches: Vec<KvCache>,
+}
+
+impl Weights {
+    pub fn from_gguf<R: Read + Seek>(ct: gguf_file::Content, r: &mut R, device: &Device, context: usize, requantize: bool) -> Result<Self> {
+        let mut l = Loader { ct: &ct, r, device, requantize };
+        let n_head = l.md_u32("gemma3.attention.head_count")?;
+        let n_kv_head = l.md_u32("gemma3.attention.head_count_kv")?;
+        let hidden = l.md_u32("gemma3.embedding_length")?;
+        let n_layer = l.md_u32("gemma3.block_count")?;
+        let head_dim = l.md_u32("gemma3.attention.key_length")?;
+        let window = l.md_u32("gemma3.attention.sliding_window")?;
+        let pattern = l.md_u32("gemma3.attention.sliding_window_type").unwrap_or(6);
+        let eps = l.md_f32("gemma3.attention.layer_norm_rms_epsilon").unwrap_or(1e-6) as f64;
+        let base_global = l.md_f32("gemma3.rope.freq_base").unwrap_or(1_000_000.0);
+        let base_local = l.md_f32("gemma3.rope.local_freq_base").unwrap_or(10_000.0);
+
+        let embed_q = l.tensor("token_embd.weight")?;
+        let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
+        let output = if l.has("output.weight") { l.matmul("output.weight")? } else { QMatMul::from_qtensor(embed_q)? };
+        let norm = RmsNorm::from_qtensor(l.tensor("output_norm.weight")?, eps)?;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = |n: &str| format!("blk.{i}.{n}");
+            let mut rms = |n: &str| -> Result<RmsNorm> { RmsNorm::from_qtensor(l.tensor(&p(n))?, eps) };
+            let (q_norm, k_norm) = (rms("attn_q_norm.weight")?, rms("attn_k_norm.weight")?);
+            let (attn_norm, post_attn_norm) = (rms("attn_norm.weight")?, rms("post_attention_norm.weight")?);
+            let (ffn_norm, post_ffn_norm) = (rms("ffn_norm.weight")?, rms("post_ffw_norm.weight")?);
+            layers.push(Layer {
+                wq: l.matmul(&p("attn_q.weight"))?,
+                wk: l.matmul(&p("attn_k.weight"))?,
+                wv: l.matmul(&p("attn_v.weight"))?,
+                wo: l.matmul(&p("attn_output.weight"))?,
+                q_norm,
+                k_norm,
+                attn_norm,
+                post_attn_norm,
+                ffn_norm,
+                post_ffn_norm,
+                gate: l.matmul(&p("ffn_gate.weight"))?,
+                up: l.matmul(&p("ffn_up.weight"))?,
+                down: l.matmul(&p("ffn_down.weight"))?,
+                window: ((i + 1) % pattern != 0).then_some(window),
+            });
+        }
+        let rope_local = rope_tables(head_dim, base_local, context, device)?;
+        let rope_global = rope_tables(head_dim, base_global, context, device)?;
+        Ok(Weights(Arc::new(Inner { embed, layers, norm, output, rope_local, rope_global, n_head, n_kv_head, head_dim, hidden })))
+    }
+
+    pub fn session(&self, max_len: usize) -> Session {
+        let caches = (0..self.0.layers.len()).map(|_| KvCache::new(2, max_len.max(1))).collect();
+        Session { w: self.0.clone(), caches }
+    }
+}
+
+impl Session {
+    /// Logits `[1, vocab]` for the last of `input`'s tokens, placed at `pos..`.
+    pub fn forward(&mut self, input: &Tensor, pos: usize) -> Result<Tensor> {
+        let w = &*self.w;
+        let (b, seq) = input.dims2()?;
+        let dev = input.device();
+        let kv_len = pos + seq;
+        let mask_global = if seq > 1 { Some(causal_mask(seq, pos, None, dev)?) } else { None };
+        let mut mask_local = None;
+        let n_rep = w.n_head / w.n_kv_head;
+        let scale = 1.0 / (w.head_dim as f64).sqrt();
+        let mut x = (w.embed.forward(input)? * (w.hidden as f64).sqrt())?;
+        for (layer, cache) in w.layers.iter().zip(self.caches.iter_mut()) {
+            let residual = x.clone();
+            let h = layer.attn_norm.forward(&x)?;
+            let q = layer.wq.forward(&h)?.reshape((b, seq, w.n_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+            let k = layer.wk.forward(&h)?.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+            let v = layer.wv.forward(&h)?.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+            let q = layer.q_norm.forward(&q)?;
+            let k = layer.k_norm.forward(&k)?;
+            let (cos, sin) = if layer.window.is_some() { &w.rope_local } else { &w.rope_global };
+            let (cos, sin) = (cos.narrow(0, pos, seq)?, sin.narrow(0, pos, seq)?);
+            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+            let (k, v) = cache.append(&k, &v)?;
+            let (k, v, mask) = match layer.window {
+                // Decoding one token: keys older than the window are simply left out.
+                Some(win) if seq == 1 && kv_len > win => (k.narrow(2, kv_len - win, win)?, v.narrow(2, kv_len - win, win)?, None),
+                Some(win) if seq > 1 => {
+                    if mask_local.is_none() {
+                        mask_local = Some(causal_mask(seq, pos, Some(win), dev)?);
+                    }
+                    (k, v, mask_local.as_ref())
+                }
+                _ => (k, v, mask_global.as_ref()),
+            };
+            let k = repeat_kv(k.contiguous()?, n_rep)?;
+            let v = repeat_kv(v.contiguous()?, n_rep)?;
+            let att = (q.matmul(&k.t()?)? * scale)?;
+            let att = match mask {
+                Some(m) => att.broadcast_add(m)?,
+                None => att,
+            };
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, w.n_head * w.head_dim))?;
+            let y = layer.post_attn_norm.forward(&layer.wo.forward(&y)?)?;
+            let x1 = (y + residual)?;
+            let h = layer.ffn_norm.forward(&x1)?;
+            let gated = (layer.gate.forward(&h)?.gelu()? * layer.up.forward(&h)?)?;
+            let y = layer.post_ffn_norm.forward(&layer.down.forward(&gated)?)?;
+            x = (y + x1)?;
+        }
+        let x = w.norm.forward(&x.i((.., seq - 1..seq, ..))?)?;
+        w.output.forward(&x)?.squeeze(1)
+    }
+}

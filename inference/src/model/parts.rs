@@ -1,0 +1,94 @@
+//! Pieces shared by the architectures: reading tensors (with the optional re-quantization of
+//! slow block types), rotary tables and attention masks.
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Result, Tensor};
+use std::io::{Read, Seek};
+
+/// Reads tensors of one GGUF file.
+pub struct Loader<'a, R> {
+    pub ct: &'a gguf_file::Content,
+    pub r: &'a mut R,
+    pub device: &'a Device,
+    /// Re-quantize Q4_0/Q4_1/Q5_0/Q5_1 matrices to Q8_0 at load: candle's CPU kernels for those
+    /// block types are far slower than for Q8_0, which is also at least as precise.
+    pub requantize: bool,
+}
+
+impl<'a, R: Read + Seek> Loader<'a, R> {
+    pub fn tensor(&mut self, name: &str) -> Result<QTensor> {
+        self.ct.tensor(self.r, name, self.device)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.ct.tensor_infos.contains_key(name)
+    }
+
+    /// A weight matrix for `x @ w^T`.
+    pub fn matmul(&mut self, name: &str) -> Result<QMatMul> {
+        let t = self.tensor(name)?;
+        let t = if self.requantize && matches!(t.dtype(), GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) {
+            QTensor::quantize(&t.dequantize(self.device)?, GgmlDType::Q8_0)?
+        } else {
+            t
+        };
+        QMatMul::from_qtensor(t)
+    }
+
+    /// A small tensor (norm weights, biases) as f32.
+    pub fn dense(&mut self, name: &str) -> Result<Tensor> {
+        self.tensor(name)?.dequantize(self.device)
+    }
+
+    pub fn md_u32(&self, key: &str) -> Result<usize> {
+        self.ct
+            .metadata
+            .get(key)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing metadata {key}")))?
+            .to_u32()
+            .map(|v| v as usize)
+    }
+
+    pub fn md_f32(&self, key: &str) -> Option<f32> {
+        self.ct.metadata.get(key).and_then(|v| v.to_f32().ok())
+    }
+}
+
+/// cos and sin tables for rotary embeddings over `len` positions.
+pub fn rope_tables(head_dim: usize, base: f32, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let inv: Vec<f32> = (0..head_dim).step_by(2).map(|i| 1f32 / base.powf(i as f32 / head_dim as f32)).collect();
+    let inv = Tensor::new(inv.as_slice(), device)?;
+    let pos = Tensor::arange(0, len as u32, device)?.to_dtype(DType::F32)?.reshape((len, 1))?;
+    let freqs = pos.matmul(&inv.reshape((1, head_dim / 2))?)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+/// Additive mask `(1, 1, seq, pos + seq)` for `seq` new tokens placed after `pos` cached ones:
+/// 0 where query i may see key j (j <= pos + i, and within `window` when given), -inf elsewhere.
+pub fn causal_mask(seq: usize, pos: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let kv = pos + seq;
+    let mut m = vec![0f32; seq * kv];
+    for i in 0..seq {
+        let qi = pos + i;
+        for j in 0..kv {
+            let visible = j <= qi && window.is_none_or(|w| qi - j < w);
+            if !visible {
+                m[i * kv + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Tensor::from_vec(m, (1, 1, seq, kv), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        let m = causal_mask(2, 1, None, &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(m, vec![0.0, 0.0, f32::NEG_INFINITY, 0.0, 0.0, 0.0]);
+        let m = causal_mask(3, 0, Some(2), &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(m, vec![0.0, inf, inf, 0.0, 0.0, inf, inf, 0.0, 0.0]);
+    }
+}
