@@ -55,8 +55,8 @@ pub struct Config {
     #[arg(long, env = "CONTEXT")]
     pub context: Option<usize>,
 
-    /// Convert Q4_0/Q4_1/Q5_0/Q5_1 matrices to Q8_0 at load (faster CPU kernels, equal or finer
-    /// precision, more memory). `--requantize false` keeps the file's types.
+    /// Re-pack Q4_0 and Q5_0 matrices as Q8_0 at load: bit-identical weights, several times faster
+    /// CPU kernels, more memory. `--requantize false` keeps the file's types.
     #[arg(long, env = "REQUANTIZE", default_value_t = true, action = clap::ArgAction::Set)]
     pub requantize: bool,
 

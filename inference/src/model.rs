@@ -102,7 +102,7 @@ pub enum Weights {
 
 impl Weights {
     /// Loads every tensor of `header`'s file onto `device`, with rotary tables for `context`
-    /// positions; `requantize` converts Q4_0/Q5_0-family matrices to Q8_0 (see [`parts::Loader`]).
+    /// positions; `requantize` re-packs Q4_0/Q5_0 matrices as Q8_0 (see [`parts::repack_q8_0`]).
     pub fn load(header: GgufHeader, device: &Device, context: usize, requantize: bool) -> Result<Self> {
         let path = header.path.clone();
         let mut file = File::open(&path)?;
@@ -136,12 +136,22 @@ impl Session {
     /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits (f32, one row of
     /// vocabulary size) for the last of them.
     pub fn forward(&mut self, tokens: &[u32], pos: usize, device: &Device) -> Result<Tensor> {
+        Ok(self.run(tokens, pos, device, false)?.squeeze(0)?)
+    }
+
+    /// Like [`Session::forward`], but returns the logits of every position: `[tokens.len(), vocab]`.
+    /// For scoring text (perplexity, agreement between two weight variants).
+    pub fn forward_all(&mut self, tokens: &[u32], pos: usize, device: &Device) -> Result<Tensor> {
+        self.run(tokens, pos, device, true)
+    }
+
+    fn run(&mut self, tokens: &[u32], pos: usize, device: &Device, all: bool) -> Result<Tensor> {
         let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
         let logits = match self {
-            Session::Llama(s) => s.forward(&input, pos)?,
-            Session::Gemma3(s) => s.forward(&input, pos)?,
+            Session::Llama(s) => s.forward(&input, pos, all)?,
+            Session::Gemma3(s) => s.forward(&input, pos, all)?,
         };
-        Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?)
+        Ok(logits.to_dtype(candle_core::DType::F32)?)
     }
 }
 

@@ -15,14 +15,15 @@
 //!
 //! In both, control (type 3), user-defined (type 4) and unknown (type 2) tokens are added tokens,
 //! matched in the raw text before anything else, like llama.cpp's `parse_special = true`
-//! (user-defined ones such as Gemma's `"\n\n"` or `"<b>"` are always matched there).
+//! (user-defined ones such as Gemma's `"\n\n"` or `"<b>"` are always matched there). So are the
+//! tokens llama.cpp's loader turns into control tokens by their text (end-of-turn, FIM and
+//! end-of-generation texts, e.g. Qwen's normal token `</s>`), so that ids match llama.cpp's.
 //!
 //! Decoding follows llama.cpp's `token_to_piece` with special tokens rendered: every token has a
 //! fixed byte string (normal pieces with `▁` -> space or byte-level unmapped, byte tokens as their
 //! byte, special/user-defined tokens as their text), and the text is those bytes, concatenated,
 //! as lossy UTF-8. That makes streaming exact and cheap: see [`TokenStream`].
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -52,37 +53,87 @@ const TYPE_BYTE: i32 = 6;
 /// SentencePiece's visible space.
 const SPM_SPACE: char = '\u{2581}';
 
-/// Texts llama.cpp recognises as end-of-turn tokens when the metadata names none.
+// llama.cpp's vocab loader finds some special tokens by their text, forces each one it finds
+// to CONTROL (so it is parsed out of the text like any control token) and ends generation on
+// some of them. These are its lists (llama-vocab.cpp, as vendored by llama-cpp-python 0.3.36).
 const EOT_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
     "<end_of_turn>",
     "<|endoftext|>",
+    "<|end_of_text|>",
     "<EOT>",
     "_<EOT>",
+    "[EOT]",
     "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
     "<end_of_utterance>",
 ];
-/// Texts llama.cpp always treats as end of generation when present in the vocab.
+const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
+const FIM_PRE_TEXTS: &[&str] = &[
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<\u{ff5c}fim\u{2581}begin\u{ff5c}>",
+    "<PRE>",
+    "\u{2581}<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+];
+const FIM_SUF_TEXTS: &[&str] = &[
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<\u{ff5c}fim\u{2581}hole\u{ff5c}>",
+    "<SUF>",
+    "\u{2581}<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+];
+const FIM_MID_TEXTS: &[&str] = &[
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<\u{ff5c}fim\u{2581}end\u{ff5c}>",
+    "<MID>",
+    "\u{2581}<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+];
+const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
+const FIM_REP_TEXTS: &[&str] = &[
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+];
+const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
+/// Every token with one of these texts ends generation (and is forced to CONTROL).
 const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
     "<|return|>",
     "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
     "<end_of_turn>",
     "<|endoftext|>",
+    "</s>",
     "<|eom_id|>",
     "<EOT>",
     "_<EOT>",
+    "[EOT]",
+    "[EOS]",
     "<|end_of_text|>",
     "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "[e~[",
 ];
-/// FIM padding / repository / file-separator tokens: llama.cpp ends generation on them too.
-const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>"];
-const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
-const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>", "<file_sep>", "<file-sep>", "<FILE_SEP>"];
 
 /// llama.cpp's pre-tokenizer regexes (applied one after the other), by `tokenizer.ggml.pre`.
 const RE_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -146,6 +197,21 @@ struct Meta<'a> {
     ct: &'a Content,
     tokens: Vec<&'a str>,
     types: Vec<i32>,
+    /// What llama.cpp decides from token texts.
+    text: TextSpecials,
+}
+
+/// The special tokens llama.cpp's loader finds by text (see [`EOT_TEXTS`] and the lists below it).
+#[derive(Default)]
+struct TextSpecials {
+    /// Tokens it turns into CONTROL tokens.
+    forced_control: HashSet<u32>,
+    /// A `</s>` it turns into a NORMAL token (models with a normal `</s>`, like Gemma 4).
+    demoted: Option<u32>,
+    /// Its end-of-generation set (`llama_vocab_is_eog`).
+    eog: Vec<u32>,
+    /// Ids named by metadata keys (EOS, EOT, EOM, FIM), as opposed to found by text.
+    from_metadata: HashSet<u32>,
 }
 
 impl<'a> Meta<'a> {
@@ -153,19 +219,38 @@ impl<'a> Meta<'a> {
         let tokens = array(ct, "tokenizer.ggml.tokens")?
             .ok_or_else(|| anyhow!("GGUF has no tokenizer.ggml.tokens"))?
             .iter()
-            .map(|v| v.to_string().map(|s| s.as_str()).map_err(|e| anyhow!("tokenizer.ggml.tokens: {e}")))
+            .map(|v| {
+                v.to_string()
+                    .map(|s| s.as_str())
+                    .map_err(|e| anyhow!("tokenizer.ggml.tokens: {e}"))
+            })
             .collect::<Result<Vec<_>>>()?;
         let types = match array(ct, "tokenizer.ggml.token_type")? {
             Some(a) => {
-                let t = a.iter().map(int_value).collect::<Result<Vec<i64>>>().context("tokenizer.ggml.token_type")?;
+                let t = a
+                    .iter()
+                    .map(int_value)
+                    .collect::<Result<Vec<i64>>>()
+                    .context("tokenizer.ggml.token_type")?;
                 if t.len() != tokens.len() {
-                    bail!("tokenizer.ggml.token_type has {} entries for {} tokens", t.len(), tokens.len());
+                    bail!(
+                        "tokenizer.ggml.token_type has {} entries for {} tokens",
+                        t.len(),
+                        tokens.len()
+                    );
                 }
                 t.into_iter().map(|x| x as i32).collect()
             }
             None => vec![TYPE_NORMAL; tokens.len()],
         };
-        Ok(Self { ct, tokens, types })
+        let mut meta = Self {
+            ct,
+            tokens,
+            types,
+            text: TextSpecials::default(),
+        };
+        meta.text = text_specials(&meta);
+        Ok(meta)
     }
 
     fn str(&self, key: &str) -> Option<&'a str> {
@@ -189,8 +274,16 @@ impl<'a> Meta<'a> {
         (v >= 0 && (v as usize) < self.tokens.len()).then_some(v as u32)
     }
 
+    /// Whether llama.cpp matches this token in the raw text before tokenizing (its control,
+    /// user-defined and unknown tokens, after the by-text overrides).
     fn is_special_type(&self, id: usize) -> bool {
-        matches!(self.types[id], TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN)
+        if self.text.demoted == Some(id as u32) {
+            return false;
+        }
+        matches!(
+            self.types[id],
+            TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN
+        ) || self.text.forced_control.contains(&(id as u32))
     }
 }
 
@@ -223,35 +316,6 @@ fn float_value(v: &Value) -> Result<f32> {
     })
 }
 
-/// A small fast hasher (FxHash) for the merge derivation's many short-string lookups.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_le_bytes(c.try_into().unwrap());
-            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0u8; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(buf)).wrapping_mul(K);
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.0 = (self.0.rotate_left(5) ^ i as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 fn tk_err(e: tokenizers::Error) -> anyhow::Error {
     anyhow!("{e}")
 }
@@ -261,7 +325,8 @@ fn byte_chars() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -286,7 +351,9 @@ fn added_tokens(meta: &Meta) -> Vec<AddedToken> {
     (0..meta.tokens.len())
         .filter(|&i| meta.is_special_type(i) && !meta.tokens[i].is_empty())
         .map(|i| {
-            AddedToken::from(meta.tokens[i], meta.types[i] != TYPE_USER_DEFINED).normalized(false)
+            let special = meta.types[i] != TYPE_USER_DEFINED
+                || meta.text.forced_control.contains(&(i as u32));
+            AddedToken::from(meta.tokens[i], special).normalized(false)
         })
         .collect()
 }
@@ -297,7 +364,11 @@ fn piece_table(meta: &Meta, byte_level: bool) -> Pieces {
     let mut offsets = Vec::with_capacity(meta.tokens.len() + 1);
     offsets.push(0u32);
     let char_byte: HashMap<char, u8> = if byte_level {
-        byte_chars().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+        byte_chars()
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect()
     } else {
         HashMap::new()
     };
@@ -333,29 +404,43 @@ fn piece_table(meta: &Meta, byte_level: bool) -> Pieces {
 fn build_spm(meta: &Meta, add_space_prefix: bool) -> Result<Tokenizer> {
     let n = meta.tokens.len();
     let scores: Vec<f32> = match array(meta.ct, "tokenizer.ggml.scores")? {
-        Some(a) => a.iter().map(float_value).collect::<Result<_>>().context("tokenizer.ggml.scores")?,
+        Some(a) => a
+            .iter()
+            .map(float_value)
+            .collect::<Result<_>>()
+            .context("tokenizer.ggml.scores")?,
         None => vec![0.0; n],
     };
     if scores.len() != n {
-        bail!("tokenizer.ggml.scores has {} entries for {} tokens", scores.len(), n);
+        bail!(
+            "tokenizer.ggml.scores has {} entries for {} tokens",
+            scores.len(),
+            n
+        );
     }
-    let t0 = std::time::Instant::now();
     // The owned vocab (for the model) on a second thread, the merges here.
     let (vocab, merges) = std::thread::scope(|s| {
         let vocab = s.spawn(|| -> Vocab {
-            meta.tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect()
+            meta.tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.to_string(), i as u32))
+                .collect()
         });
-        let mut known: HashSet<&str, BuildHasherDefault<FxHasher>> = HashSet::default();
-        known.reserve(n);
-        known.extend(meta.tokens.iter().copied());
-        eprintln!("  set {:?}", t0.elapsed());
+        let known: HashSet<&str> = meta.tokens.iter().copied().collect();
         // Every piece that can come out of a merge (added tokens never reach the model), split
         // every way into two vocab pieces. Rank: the merged piece's score, highest first.
         let mut targets: Vec<u32> = (0..n as u32)
-            .filter(|&i| !meta.is_special_type(i as usize) && meta.tokens[i as usize].chars().nth(1).is_some())
+            .filter(|&i| {
+                !meta.is_special_type(i as usize)
+                    && meta.tokens[i as usize].chars().nth(1).is_some()
+            })
             .collect();
-        targets.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
-        eprintln!("  sorted {:?}", t0.elapsed());
+        targets.sort_by(|&a, &b| {
+            scores[b as usize]
+                .total_cmp(&scores[a as usize])
+                .then(a.cmp(&b))
+        });
         let mut merges = Vec::with_capacity(targets.len() * 2);
         for &id in &targets {
             let piece = meta.tokens[id as usize];
@@ -366,12 +451,8 @@ fn build_spm(meta: &Meta, add_space_prefix: bool) -> Result<Tokenizer> {
                 }
             }
         }
-        eprintln!("  derived {:?}", t0.elapsed());
-        let v = vocab.join().expect("vocab thread panicked");
-        eprintln!("  joined {:?}", t0.elapsed());
-        (v, merges)
+        (vocab.join().expect("vocab thread panicked"), merges)
     });
-    eprintln!("merges {} {:?}", merges.len(), t0.elapsed());
     let unk = meta
         .id("tokenizer.ggml.unknown_token_id")
         .map(|i| meta.tokens[i as usize].to_string());
@@ -382,19 +463,27 @@ fn build_spm(meta: &Meta, add_space_prefix: bool) -> Result<Tokenizer> {
     if let Some(unk) = unk {
         builder = builder.unk_token(unk);
     }
-    let model = builder.build().map_err(tk_err).context("building the SentencePiece BPE")?;
+    let model = builder
+        .build()
+        .map_err(tk_err)
+        .context("building the SentencePiece BPE")?;
 
-    eprintln!("bpe built {:?}", t0.elapsed());
     let mut tk = Tokenizer::new(model);
     let replace = Replace::new(" ", SPM_SPACE.to_string()).map_err(tk_err)?;
     let normalizer: NormalizerWrapper = if add_space_prefix {
-        NormalizerSequence::new(vec![Prepend::new(SPM_SPACE.to_string()).into(), replace.into()]).into()
+        NormalizerSequence::new(vec![
+            Prepend::new(SPM_SPACE.to_string()).into(),
+            replace.into(),
+        ])
+        .into()
     } else {
         replace.into()
     };
     tk.with_normalizer(Some(normalizer)).map_err(tk_err)?;
     let mut decoders: Vec<DecoderWrapper> = vec![
-        Replace::new(SPM_SPACE.to_string(), " ").map_err(tk_err)?.into(),
+        Replace::new(SPM_SPACE.to_string(), " ")
+            .map_err(tk_err)?
+            .into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
     ];
@@ -403,22 +492,31 @@ fn build_spm(meta: &Meta, add_space_prefix: bool) -> Result<Tokenizer> {
     }
     tk.with_decoder(Some(DecoderSequence::new(decoders)));
     tk.add_tokens(added_tokens(meta)).map_err(tk_err)?;
-    eprintln!("added {:?}", t0.elapsed());
     Ok(tk)
 }
 
 /// GPT-2 style byte-level BPE (llama.cpp "gpt2"/BPE).
 fn build_bpe(meta: &Meta) -> Result<Tokenizer> {
     let (regexes, ignore_merges) = bpe_pre_tokenizer(meta.str("tokenizer.ggml.pre"))?;
-    let vocab: Vocab = meta.tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+    let vocab: Vocab = meta
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
     let raw_merges = array(meta.ct, "tokenizer.ggml.merges")?
         .ok_or_else(|| anyhow!("GGUF gpt2 tokenizer has no tokenizer.ggml.merges"))?;
     let mut merges = Vec::with_capacity(raw_merges.len());
     for m in raw_merges {
-        let m = m.to_string().map_err(|e| anyhow!("tokenizer.ggml.merges: {e}"))?;
+        let m = m
+            .to_string()
+            .map_err(|e| anyhow!("tokenizer.ggml.merges: {e}"))?;
         // A merge whose parts or result are not in the vocab can never apply; llama.cpp ignores it.
         if let Some((a, b)) = m.split_once(' ') {
-            if vocab.contains_key(a) && vocab.contains_key(b) && vocab.contains_key(&format!("{a}{b}")) {
+            if vocab.contains_key(a)
+                && vocab.contains_key(b)
+                && vocab.contains_key(&format!("{a}{b}"))
+            {
                 merges.push((a.to_string(), b.to_string()));
             }
         }
@@ -433,9 +531,13 @@ fn build_bpe(meta: &Meta) -> Result<Tokenizer> {
     let mut pre: Vec<PreTokenizerWrapper> = Vec::new();
     for re in regexes {
         pre.push(
-            Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(tk_err)?
-                .into(),
+            Split::new(
+                SplitPattern::Regex(re.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(tk_err)?
+            .into(),
         );
     }
     pre.push(ByteLevel::new(false, false, false).into());
@@ -445,41 +547,116 @@ fn build_bpe(meta: &Meta) -> Result<Tokenizer> {
     Ok(tk)
 }
 
-/// The ids that end generation, as llama.cpp's `llama_vocab_is_eog` sees them.
-fn end_of_generation_ids(meta: &Meta) -> Vec<u32> {
-    // Found by text only where the vocab marks them as control tokens: llama.cpp also takes
-    // ordinary pieces (Qwen's "</s>" is a normal token, Gemma's an HTML tag), we do not.
-    let control = |i: &usize| meta.types[*i] == TYPE_CONTROL;
-    let find = |texts: &[&str]| -> Option<u32> {
-        texts
-            .iter()
-            .find_map(|t| meta.tokens.iter().position(|x| x == t).filter(control))
-            .map(|i| i as u32)
-    };
-    let mut ids = Vec::new();
-    ids.extend(meta.id("tokenizer.ggml.eos_token_id"));
-    ids.extend(meta.id("tokenizer.ggml.eot_token_id").or_else(|| find(EOT_TEXTS)));
-    ids.extend(meta.id("tokenizer.ggml.eom_token_id"));
-    ids.extend(meta.id("tokenizer.ggml.fim_pad_token_id").or_else(|| find(FIM_PAD_TEXTS)));
-    ids.extend(meta.id("tokenizer.ggml.fim_rep_token_id").or_else(|| find(FIM_REP_TEXTS)));
-    ids.extend(meta.id("tokenizer.ggml.fim_sep_token_id").or_else(|| find(FIM_SEP_TEXTS)));
+/// Mirrors llama.cpp's loader: special tokens found by text, and the end-of-generation set.
+fn text_specials(meta: &Meta) -> TextSpecials {
+    let lists: [&[&str]; 10] = [
+        EOT_TEXTS,
+        EOM_TEXTS,
+        FIM_PRE_TEXTS,
+        FIM_SUF_TEXTS,
+        FIM_MID_TEXTS,
+        FIM_PAD_TEXTS,
+        FIM_REP_TEXTS,
+        FIM_SEP_TEXTS,
+        EOG_TEXTS,
+        &["<|plamo:eos|>"],
+    ];
+    let wanted: HashSet<&str> = lists.iter().flat_map(|l| l.iter().copied()).collect();
+    let mut found: HashMap<&str, u32> = HashMap::new();
     for (i, t) in meta.tokens.iter().enumerate() {
-        if EOG_TEXTS.contains(t) && control(&i) {
-            ids.push(i as u32);
+        if wanted.contains(t) {
+            found.insert(t, i as u32);
         }
     }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+    let mut out = TextSpecials::default();
+    let mut eog = std::collections::BTreeSet::new();
+    // A metadata id wins; otherwise the first listed text in the vocab, forced to CONTROL.
+    // (llama.cpp takes whichever its hash map yields first; the lists rarely have two hits.)
+    let detect = |key: &str, texts: &[&str], out: &mut TextSpecials| -> Option<u32> {
+        if let Some(id) = meta.id(key) {
+            out.from_metadata.insert(id);
+            return Some(id);
+        }
+        let id = texts.iter().find_map(|t| found.get(t).copied())?;
+        out.forced_control.insert(id);
+        Some(id)
+    };
+    let eot = detect("tokenizer.ggml.eot_token_id", EOT_TEXTS, &mut out);
+    let eom = detect("tokenizer.ggml.eom_token_id", EOM_TEXTS, &mut out);
+    detect("tokenizer.ggml.fim_pre_token_id", FIM_PRE_TEXTS, &mut out);
+    detect("tokenizer.ggml.fim_suf_token_id", FIM_SUF_TEXTS, &mut out);
+    detect("tokenizer.ggml.fim_mid_token_id", FIM_MID_TEXTS, &mut out);
+    eog.extend(detect(
+        "tokenizer.ggml.fim_pad_token_id",
+        FIM_PAD_TEXTS,
+        &mut out,
+    ));
+    eog.extend(detect(
+        "tokenizer.ggml.fim_rep_token_id",
+        FIM_REP_TEXTS,
+        &mut out,
+    ));
+    eog.extend(detect(
+        "tokenizer.ggml.fim_sep_token_id",
+        FIM_SEP_TEXTS,
+        &mut out,
+    ));
+    for t in EOG_TEXTS {
+        if let Some(&id) = found.get(t) {
+            eog.insert(id);
+            out.forced_control.insert(id);
+        }
+    }
+    let text_of = |id: &u32| meta.tokens[*id as usize];
+    // A model with a normal "</s>" (Gemma 4's "<|tool_response>", PLaMo's "<|plamo:eos|>").
+    if eog
+        .iter()
+        .any(|id| matches!(text_of(id), "<|tool_response>" | "<|plamo:eos|>"))
+    {
+        if let Some(&s) = found.get("</s>") {
+            eog.remove(&s);
+            out.forced_control.remove(&s);
+            out.demoted = Some(s);
+        }
+    }
+    let eos = meta.id("tokenizer.ggml.eos_token_id");
+    out.from_metadata.extend(eos);
+    eog.extend(eos);
+    eog.extend(eot);
+    eog.extend(eom);
+    // o200k_harmony / solar-open: "<|end|>" does not end generation there.
+    let has = |t: &str| eog.iter().any(|id| text_of(id) == t);
+    if (has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>")) {
+        if let Some(end) = found.get("<|end|>") {
+            eog.remove(end);
+        }
+    }
+    out.eog = eog.into_iter().collect();
+    out
+}
+
+/// The ids that end generation: llama.cpp's set, less the tokens it found only by text that the
+/// GGUF does not mark as control tokens. Those are ordinary text in these models: llama.cpp
+/// stops on `</s>` for PaddleOCR's sake, but it is an HTML tag to Gemma 3 (a user-defined
+/// token) and a normal token to Qwen 2.5.
+fn stop_ids(meta: &Meta) -> Vec<u32> {
+    meta.text
+        .eog
+        .iter()
+        .copied()
+        .filter(|id| {
+            meta.text.from_metadata.contains(id) || meta.types[*id as usize] == TYPE_CONTROL
+        })
+        .collect()
 }
 
 impl GgufTokenizer {
     /// Builds from GGUF metadata; an unsupported `tokenizer.ggml.model` is an error naming it.
     pub fn from_gguf(ct: &Content) -> Result<Self> {
-        let t0 = std::time::Instant::now();
         let meta = Meta::read(ct)?;
-        eprintln!("meta {:?}", t0.elapsed());
-        let model = meta.str("tokenizer.ggml.model").ok_or_else(|| anyhow!("GGUF has no tokenizer.ggml.model"))?;
+        let model = meta
+            .str("tokenizer.ggml.model")
+            .ok_or_else(|| anyhow!("GGUF has no tokenizer.ggml.model"))?;
         let (inner, pieces, strip) = match model {
             "llama" => {
                 // llama.cpp's default for SentencePiece models is to add the prefix space.
@@ -494,8 +671,13 @@ impl GgufTokenizer {
             "gpt2" => (build_bpe(&meta)?, piece_table(&meta, true), false),
             other => bail!("unsupported tokenizer.ggml.model {other:?} (supported: \"llama\" (SentencePiece) and \"gpt2\" (byte-level BPE))"),
         };
-        eprintln!("all {:?}", t0.elapsed());
-        Ok(Self::assemble(&meta, inner, pieces, strip, meta.tokens.len()))
+        Ok(Self::assemble(
+            &meta,
+            inner,
+            pieces,
+            strip,
+            meta.tokens.len(),
+        ))
     }
 
     /// Loads an override tokenizer.json (the `--tokenizer` flag); BOS, `add_bos`, the stop ids
@@ -509,7 +691,13 @@ impl GgufTokenizer {
         Ok(Self::assemble(&meta, inner, Pieces::Hf, false, size))
     }
 
-    fn assemble(meta: &Meta, inner: Tokenizer, pieces: Pieces, strip: bool, vocab_size: usize) -> Self {
+    fn assemble(
+        meta: &Meta,
+        inner: Tokenizer,
+        pieces: Pieces,
+        strip: bool,
+        vocab_size: usize,
+    ) -> Self {
         let model = meta.str("tokenizer.ggml.model").unwrap_or("");
         Self {
             inner,
@@ -517,9 +705,11 @@ impl GgufTokenizer {
             bos_id: meta.id("tokenizer.ggml.bos_token_id"),
             eos_id: meta.id("tokenizer.ggml.eos_token_id"),
             // llama.cpp: SentencePiece models add BOS unless told not to; BPE ones only when told.
-            add_bos: meta.bool("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
+            add_bos: meta
+                .bool("tokenizer.ggml.add_bos_token")
+                .unwrap_or(model == "llama"),
             strip_leading_space: strip,
-            stop_ids: end_of_generation_ids(meta),
+            stop_ids: stop_ids(meta),
             vocab_size,
             chat_template: meta.str("tokenizer.chat_template").map(str::to_string),
         }
@@ -558,7 +748,11 @@ impl GgufTokenizer {
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
             Pieces::Hf => {
-                let kept: Vec<u32> = ids.iter().copied().filter(|&id| !self.skipped(id)).collect();
+                let kept: Vec<u32> = ids
+                    .iter()
+                    .copied()
+                    .filter(|&id| !self.skipped(id))
+                    .collect();
                 self.inner.decode(&kept, false).map_err(tk_err)
             }
         }
@@ -579,10 +773,19 @@ impl GgufTokenizer {
         }
         let i = id as usize;
         if i + 1 >= offsets.len() {
-            bail!("token id {id} is outside the vocabulary ({} tokens)", offsets.len() - 1);
+            bail!(
+                "token id {id} is outside the vocabulary ({} tokens)",
+                offsets.len() - 1
+            );
         }
         let p = &bytes[offsets[i] as usize..offsets[i + 1] as usize];
-        Ok(if first && self.strip_leading_space && p.first() == Some(&b' ') { &p[1..] } else { p })
+        Ok(
+            if first && self.strip_leading_space && p.first() == Some(&b' ') {
+                &p[1..]
+            } else {
+                p
+            },
+        )
     }
 
     pub fn bos_id(&self) -> Option<u32> {
@@ -602,7 +805,9 @@ impl GgufTokenizer {
     /// ids from the metadata (or found by their well-known text), plus every well-known
     /// end-of-turn text that is a control token in the vocab (`<end_of_turn>`, `<|im_end|>`,
     /// `<|endoftext|>`, ...). This is llama.cpp's `llama_vocab_is_eog` set, less the ordinary
-    /// (non-control) pieces llama.cpp also stops on, like the HTML tag `</s>`.
+    /// (non-control) pieces llama.cpp also stops on, like the HTML tag `</s>`
+    /// (Gemma 3: `[1, 106]`; Qwen 2.5 Coder: `<|endoftext|>`, `<|im_end|>`, `<|fim_pad|>`,
+    /// `<|repo_name|>`, `<|file_sep|>`).
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
     }
@@ -657,7 +862,14 @@ pub struct TokenStream {
 
 impl TokenStream {
     pub fn new(tok: Arc<GgufTokenizer>) -> Self {
-        Self { tok, pending: Vec::new(), first: true, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
+        Self {
+            tok,
+            pending: Vec::new(),
+            first: true,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
     }
 
     /// Adds one id; returns the text that became complete, if any.
@@ -675,9 +887,20 @@ impl TokenStream {
             return Ok(None);
         }
         self.ids.push(id);
-        let prefix = self.tok.inner.decode(&self.ids[self.prefix_offset..self.read_offset], false).map_err(tk_err)?;
-        let text = self.tok.inner.decode(&self.ids[self.prefix_offset..], false).map_err(tk_err)?;
-        if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') && text.is_char_boundary(prefix.len()) {
+        let prefix = self
+            .tok
+            .inner
+            .decode(&self.ids[self.prefix_offset..self.read_offset], false)
+            .map_err(tk_err)?;
+        let text = self
+            .tok
+            .inner
+            .decode(&self.ids[self.prefix_offset..], false)
+            .map_err(tk_err)?;
+        if text.len() > prefix.len()
+            && !text.ends_with('\u{FFFD}')
+            && text.is_char_boundary(prefix.len())
+        {
             let new = text[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
@@ -692,11 +915,22 @@ impl TokenStream {
         if let Pieces::Table { .. } = self.tok.pieces {
             return Ok(take_complete_utf8(&mut self.pending, true));
         }
-        let prefix = self.tok.inner.decode(&self.ids[self.prefix_offset..self.read_offset], false).map_err(tk_err)?;
-        let text = self.tok.inner.decode(&self.ids[self.prefix_offset..], false).map_err(tk_err)?;
+        let prefix = self
+            .tok
+            .inner
+            .decode(&self.ids[self.prefix_offset..self.read_offset], false)
+            .map_err(tk_err)?;
+        let text = self
+            .tok
+            .inner
+            .decode(&self.ids[self.prefix_offset..], false)
+            .map_err(tk_err)?;
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
-        Ok(text.get(prefix.len()..).filter(|s| !s.is_empty()).map(str::to_string))
+        Ok(text
+            .get(prefix.len()..)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string))
     }
 }
 
@@ -749,7 +983,12 @@ mod tests {
 
     /// A tiny SentencePiece vocab in an in-memory GGUF header.
     fn spm_content(model: &str) -> Content {
-        let mut tokens: Vec<String> = vec!["<unk>".into(), "<bos>".into(), "<eos>".into(), "<end_of_turn>".into()];
+        let mut tokens: Vec<String> = vec![
+            "<unk>".into(),
+            "<bos>".into(),
+            "<eos>".into(),
+            "<end_of_turn>".into(),
+        ];
         let mut types = vec![TYPE_CONTROL; 4];
         let mut scores = vec![0.0f32; 4];
         for b in 0..=255u8 {
@@ -757,7 +996,12 @@ mod tests {
             types.push(TYPE_BYTE);
             scores.push(0.0);
         }
-        for (i, p) in ["▁", "h", "e", "l", "o", "he", "ll", "llo", "hello", "▁hello", "é"].iter().enumerate() {
+        for (i, p) in [
+            "▁", "h", "e", "l", "o", "he", "ll", "llo", "hello", "▁hello", "é",
+        ]
+        .iter()
+        .enumerate()
+        {
             tokens.push(p.to_string());
             types.push(TYPE_NORMAL);
             scores.push(-(i as f32));
@@ -766,20 +1010,45 @@ mod tests {
         types.push(TYPE_USER_DEFINED);
         scores.push(-1000.0);
         let mut md = HashMap::new();
-        md.insert("tokenizer.ggml.model".to_string(), Value::String(model.into()));
-        md.insert("tokenizer.ggml.tokens".to_string(), Value::Array(tokens.into_iter().map(Value::String).collect()));
-        md.insert("tokenizer.ggml.token_type".to_string(), Value::Array(types.into_iter().map(Value::I32).collect()));
-        md.insert("tokenizer.ggml.scores".to_string(), Value::Array(scores.into_iter().map(Value::F32).collect()));
+        md.insert(
+            "tokenizer.ggml.model".to_string(),
+            Value::String(model.into()),
+        );
+        md.insert(
+            "tokenizer.ggml.tokens".to_string(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        );
+        md.insert(
+            "tokenizer.ggml.token_type".to_string(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        );
+        md.insert(
+            "tokenizer.ggml.scores".to_string(),
+            Value::Array(scores.into_iter().map(Value::F32).collect()),
+        );
         md.insert("tokenizer.ggml.bos_token_id".to_string(), Value::U32(1));
         md.insert("tokenizer.ggml.eos_token_id".to_string(), Value::U32(2));
-        md.insert("tokenizer.ggml.add_bos_token".to_string(), Value::Bool(true));
-        md.insert("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(false));
-        Content { magic: VersionedMagic::GgufV3, metadata: md, tensor_infos: HashMap::new(), tensor_data_offset: 0 }
+        md.insert(
+            "tokenizer.ggml.add_bos_token".to_string(),
+            Value::Bool(true),
+        );
+        md.insert(
+            "tokenizer.ggml.add_space_prefix".to_string(),
+            Value::Bool(false),
+        );
+        Content {
+            magic: VersionedMagic::GgufV3,
+            metadata: md,
+            tensor_infos: HashMap::new(),
+            tensor_data_offset: 0,
+        }
     }
 
     #[test]
     fn unsupported_model_is_named() {
-        let err = GgufTokenizer::from_gguf(&spm_content("rwkv")).unwrap_err().to_string();
+        let err = GgufTokenizer::from_gguf(&spm_content("rwkv"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"rwkv\""), "{err}");
     }
 
@@ -787,9 +1056,16 @@ mod tests {
     fn tiny_spm_merges_by_score_and_falls_back_to_bytes() {
         let tok = GgufTokenizer::from_gguf(&spm_content("llama")).unwrap();
         let id = |s: &str| tok.inner().token_to_id(s).unwrap();
-        assert_eq!(tok.encode("hello hello", false).unwrap(), vec![id("hello"), id("▁hello")]);
+        assert_eq!(
+            tok.encode("hello hello", false).unwrap(),
+            vec![id("hello"), id("▁hello")]
+        );
         assert_eq!(tok.encode("hello", true).unwrap(), vec![1, id("hello")]);
-        assert_eq!(tok.encode("<bos>hello", true).unwrap(), vec![1, id("hello")], "BOS is not doubled");
+        assert_eq!(
+            tok.encode("<bos>hello", true).unwrap(),
+            vec![1, id("hello")],
+            "BOS is not doubled"
+        );
         // "ñ" is not in the vocab: two byte tokens; "\n\n" is a user-defined token.
         assert_eq!(
             tok.encode("ñ\n\n<end_of_turn>", false).unwrap(),
@@ -804,13 +1080,24 @@ mod tests {
             got.push(stream.push(i).unwrap());
         }
         assert_eq!(got[3], None, "half of ñ is held back");
-        let text: String = got.into_iter().flatten().chain(stream.finish().unwrap()).collect();
+        let text: String = got
+            .into_iter()
+            .flatten()
+            .chain(stream.finish().unwrap())
+            .collect();
         assert_eq!(text, "hello ñé\n\n");
     }
 
     #[test]
     fn utf8_tail_handling_matches_from_utf8_lossy() {
-        let cases: &[&[u8]] = &[b"abc", b"\xE4\xB8", b"\xE4\xB8a", b"\xF0\x9F\x98\x80\xF0", b"\xFFx\xC3\xA9", b"\xE4\xB8\xE4\xB8\xAD"];
+        let cases: &[&[u8]] = &[
+            b"abc",
+            b"\xE4\xB8",
+            b"\xE4\xB8a",
+            b"\xF0\x9F\x98\x80\xF0",
+            b"\xFFx\xC3\xA9",
+            b"\xE4\xB8\xE4\xB8\xAD",
+        ];
         for bytes in cases {
             // Feed one byte at a time.
             let mut buf = Vec::new();

@@ -107,8 +107,9 @@ impl Weights {
 }
 
 impl Session {
-    /// Logits `[1, vocab]` for the last of `input`'s tokens, placed at `pos..`.
-    pub fn forward(&mut self, input: &Tensor, pos: usize) -> Result<Tensor> {
+    /// Logits `[1, vocab]` for the last of `input`'s tokens, placed at `pos..`; with `all`, logits
+    /// `[seq, vocab]` for every position (batch of one).
+    pub fn forward(&mut self, input: &Tensor, pos: usize, all: bool) -> Result<Tensor> {
         let w = &*self.w;
         let (b, seq) = input.dims2()?;
         let dev = input.device();
@@ -157,6 +158,9 @@ impl Session {
             let gated = (layer.gate.forward(&h)?.gelu()? * layer.up.forward(&h)?)?;
             let y = layer.post_ffn_norm.forward(&layer.down.forward(&gated)?)?;
             x = (y + x1)?;
+        }
+        if all {
+            return w.output.forward(&w.norm.forward(&x)?)?.squeeze(0);
         }
         let x = w.norm.forward(&x.i((.., seq - 1..seq, ..))?)?;
         w.output.forward(&x)?.squeeze(1)

@@ -127,8 +127,9 @@ fn add_bias(x: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
 }
 
 impl Session {
-    /// Logits for the last of `input`'s tokens (shape `[1, vocab]`), placed at `pos..`.
-    pub fn forward(&mut self, input: &Tensor, pos: usize) -> Result<Tensor> {
+    /// Logits `[1, vocab]` for the last of `input`'s tokens, placed at `pos..`; with `all`, logits
+    /// `[seq, vocab]` for every position (batch of one).
+    pub fn forward(&mut self, input: &Tensor, pos: usize, all: bool) -> Result<Tensor> {
         let w = &*self.w;
         let (b, seq) = input.dims2()?;
         let mask = if seq > 1 { Some(causal_mask(seq, pos, None, input.device())?) } else { None };
@@ -163,6 +164,9 @@ impl Session {
             let x1 = (layer.wo.forward(&y)? + residual)?;
             let h = layer.ffn_norm.forward(&x1)?;
             x = (layer.mlp.forward(&h)? + &x1)?;
+        }
+        if all {
+            return w.output.forward(&w.norm.forward(&x)?)?.squeeze(0);
         }
         let x = w.norm.forward(&x.i((.., seq - 1, ..))?.unsqueeze(1)?)?;
         let logits = w.output.forward(&x)?;

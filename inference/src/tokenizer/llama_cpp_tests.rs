@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file::Content;
 use super::{GgufTokenizer, TokenStream};
+use candle_core::quantized::gguf_file::Content;
 use serde::Deserialize;
 
 const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
@@ -32,8 +32,17 @@ fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `$MODELS_DIR` (relative to the repository root) or `<repo>/models`, as fetch-models uses.
+fn models_dir() -> PathBuf {
+    let root = manifest().join("..");
+    match std::env::var_os("MODELS_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("models"),
+    }
+}
+
 fn header(file: &str) -> Content {
-    let path = manifest().join("..").join("models").join(file);
+    let path = models_dir().join(file);
     let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
         panic!(
             "model {} is missing ({e}): run `cargo run -p inference --bin fetch-models` first",
@@ -61,14 +70,20 @@ fn qwen() -> &'static Arc<GgufTokenizer> {
     T.get_or_init(|| load(QWEN))
 }
 
+/// `TOKENIZER_FIXTURES_DIR` points the id tests at other fixtures of the same format (e.g. a
+/// larger randomized corpus made with llama.cpp); by default, the committed ones.
 fn fixtures(name: &str) -> Vec<Case> {
-    let path = manifest().join("tests/fixtures/tokenizer").join(format!("{name}.json"));
+    let dir = std::env::var_os("TOKENIZER_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest().join("tests/fixtures/tokenizer"));
+    let path = dir.join(format!("{name}.json"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
 fn special(name: &str) -> Special {
     let path = manifest().join("tests/fixtures/tokenizer/special.json");
-    let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     serde_json::from_value(all[name].clone()).unwrap()
 }
 
@@ -79,11 +94,24 @@ fn check_ids(tok: &GgufTokenizer, name: &str) {
     for c in &cases {
         let got = tok.encode(&c.text, false).unwrap();
         if got != c.ids {
-            bad.push(format!("{:?}\n  llama.cpp: {:?}\n  ours:      {:?}", c.text, c.ids, got));
+            bad.push(format!(
+                "{:?}\n  llama.cpp: {:?}\n  ours:      {:?}",
+                c.text, c.ids, got
+            ));
         }
     }
-    eprintln!("{name}: {}/{} strings match llama.cpp", cases.len() - bad.len(), cases.len());
-    assert!(bad.is_empty(), "{name}: {} of {} differ:\n{}", bad.len(), cases.len(), bad.join("\n"));
+    eprintln!(
+        "{name}: {}/{} strings match llama.cpp",
+        cases.len() - bad.len(),
+        cases.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "{name}: {} of {} differ:\n{}",
+        bad.len(),
+        cases.len(),
+        bad.join("\n")
+    );
 }
 
 /// Texts whose Gemma decode is legitimately not the input: a literal "▁" (SentencePiece's space
@@ -111,7 +139,11 @@ fn check_round_trip(tok: &GgufTokenizer, name: &str, with_bos: bool) {
         }
     }
     assert!(n >= 220);
-    assert!(bad.is_empty(), "{name} round trip (bos={with_bos}):\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{name} round trip (bos={with_bos}):\n{}",
+        bad.join("\n")
+    );
 }
 
 fn check_stream(tok: &Arc<GgufTokenizer>, name: &str) {
@@ -124,12 +156,19 @@ fn check_stream(tok: &Arc<GgufTokenizer>, name: &str) {
         for &id in &ids {
             if let Some(piece) = stream.push(id).unwrap() {
                 assert!(!piece.is_empty());
-                assert!(!piece.contains('\u{FFFD}') || text.contains('\u{FFFD}'), "{name}: partial char yielded for {text:?}");
+                assert!(
+                    !piece.contains('\u{FFFD}') || text.contains('\u{FFFD}'),
+                    "{name}: partial char yielded for {text:?}"
+                );
                 out.push_str(&piece);
             }
         }
         out.extend(stream.finish().unwrap());
-        assert_eq!(out, tok.decode(&ids).unwrap(), "{name}: stream vs decode for {text:?}");
+        assert_eq!(
+            out,
+            tok.decode(&ids).unwrap(),
+            "{name}: stream vs decode for {text:?}"
+        );
     }
     // Arbitrary id sequences, including lone/invalid byte tokens, still concatenate to decode().
     let n = tok.vocab_size() as u64;
@@ -141,7 +180,7 @@ fn check_stream(tok: &Arc<GgufTokenizer>, name: &str) {
                 x ^= x >> 7;
                 x ^= x << 17;
                 // Bias towards low ids (Gemma's byte tokens are 238..494; Qwen's bytes are < 256).
-                (if x % 3 == 0 { x % 600 } else { x % n }) as u32
+                (if x.is_multiple_of(3) { x % 600 } else { x % n }) as u32
             })
             .collect();
         let mut stream = TokenStream::new(tok.clone());
@@ -150,7 +189,11 @@ fn check_stream(tok: &Arc<GgufTokenizer>, name: &str) {
             out.extend(stream.push(id).unwrap());
         }
         out.extend(stream.finish().unwrap());
-        assert_eq!(out, tok.decode(&ids).unwrap(), "{name}: stream vs decode for {ids:?}");
+        assert_eq!(
+            out,
+            tok.decode(&ids).unwrap(),
+            "{name}: stream vs decode for {ids:?}"
+        );
     }
 }
 
@@ -208,11 +251,23 @@ fn gemma3_special_tokens() {
         }
     }
     assert!(!tok.stop_ids().contains(&id("</s>")));
+    assert_eq!(tok.stop_ids(), &[1, 106]);
     assert_eq!(tok.chat_template(), None, "the base model has no template");
     assert_eq!(tok.encode("Hi", true).unwrap(), vec![sp.bos, id("Hi")]);
-    assert_eq!(tok.encode("<bos>Hi", true).unwrap(), vec![sp.bos, id("Hi")], "no double BOS");
-    assert_eq!(tok.encode("<start_of_turn>", false).unwrap(), vec![id("<start_of_turn>")]);
-    assert_eq!(tok.decode(&[sp.bos, id("<start_of_turn>"), id("user")]).unwrap(), "<start_of_turn>user");
+    assert_eq!(
+        tok.encode("<bos>Hi", true).unwrap(),
+        vec![sp.bos, id("Hi")],
+        "no double BOS"
+    );
+    assert_eq!(
+        tok.encode("<start_of_turn>", false).unwrap(),
+        vec![id("<start_of_turn>")]
+    );
+    assert_eq!(
+        tok.decode(&[sp.bos, id("<start_of_turn>"), id("user")])
+            .unwrap(),
+        "<start_of_turn>user"
+    );
 }
 
 #[test]
@@ -234,11 +289,23 @@ fn qwen2_special_tokens() {
             assert!(tok.stop_ids().contains(&e), "llama.cpp eog id {e} missing");
         }
     }
-    assert!(!tok.stop_ids().contains(&id("</s>")), "</s> is ordinary HTML here");
+    assert!(
+        !tok.stop_ids().contains(&id("</s>")),
+        "</s> is ordinary HTML here"
+    );
+    assert_eq!(tok.stop_ids(), &[151643, 151645, 151662, 151663, 151664]);
+    // llama.cpp forces the normal token "</s>" to a control token: parsed out of the text.
+    assert_eq!(
+        tok.encode("a</s>b", false).unwrap(),
+        vec![id("a"), id("</s>"), id("b")]
+    );
     assert!(!tok.stop_ids().contains(&id("<|im_start|>")));
     assert!(tok.chat_template().unwrap().contains("<|im_start|>"));
     // add_bos is false for Qwen: no BOS even when asked.
-    assert_eq!(tok.encode("Hi", true).unwrap(), tok.encode("Hi", false).unwrap());
+    assert_eq!(
+        tok.encode("Hi", true).unwrap(),
+        tok.encode("Hi", false).unwrap()
+    );
     // Qwen's BOS id is <|endoftext|>: decode keeps it, as the model does not add BOS.
     assert_eq!(tok.decode(&[id("<|endoftext|>")]).unwrap(), "<|endoftext|>");
 }
@@ -278,7 +345,13 @@ fn unsupported_models_and_overrides() {
 
 #[test]
 fn speed() {
-    let prompt: String = fixtures("qwen2").iter().map(|c| c.text.as_str()).collect::<String>().chars().take(2000).collect();
+    let prompt: String = fixtures("qwen2")
+        .iter()
+        .map(|c| c.text.as_str())
+        .collect::<String>()
+        .chars()
+        .take(2000)
+        .collect();
     for (name, tok) in [("gemma3", gemma()), ("qwen2", qwen())] {
         let _ = tok.encode(&prompt, true).unwrap();
         let start = Instant::now();
@@ -290,6 +363,9 @@ fn speed() {
         }
         let per = start.elapsed() / reps;
         eprintln!("{name}: encoding 2,000 chars takes {per:?}");
-        assert!(per.as_millis() < 100, "{name}: encoding 2,000 chars took {per:?}");
+        assert!(
+            per.as_millis() < 100,
+            "{name}: encoding 2,000 chars took {per:?}"
+        );
     }
 }

@@ -1,0 +1,176 @@
+//! `inference_bench`: prefill and decode speed of our engine on each GGUF file, side by side with
+//! llama.cpp (through the `llama_cpp` Python package, when installed) on the same file, in one run.
+//!
+//! Prefill: one forward pass over the first N tokens of a fixed text from an empty cache (N = 128
+//! and 512). Decode: after a 16-token prompt, 128 greedy tokens, one forward pass each. Each figure
+//! is the median of `--runs` runs; ratios are ours over llama.cpp's.
+//!
+//!     cargo run --release -p inference --bin inference_bench -- --threads 2 --runs 3
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::Parser;
+use inference::model::{GgufHeader, Weights};
+use inference::tokenizer::GgufTokenizer;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Prefill and decode tok/s of our engine and of llama.cpp on the same GGUF files.")]
+struct Args {
+    /// GGUF files; default: the three models in --models-dir.
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<PathBuf>,
+    #[arg(long, env = "MODELS_DIR", default_value = "models")]
+    models_dir: PathBuf,
+    /// CPU threads for both engines.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Runs per figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Prompt lengths for prefill.
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    prefill: Vec<usize>,
+    /// Greedy tokens for decode.
+    #[arg(long, default_value_t = 128)]
+    decode: usize,
+    /// Our engine's load-time re-quantization of Q4_0/Q5_0-family tensors to Q8_0: on, off or both.
+    #[arg(long, default_value = "both")]
+    requantize: String,
+    /// Skip llama.cpp even when its Python package is installed.
+    #[arg(long)]
+    no_llama_cpp: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Figures {
+    prefill: Vec<(usize, f64)>,
+    decode: f64,
+}
+
+fn text_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_text.txt")
+}
+
+fn ours(path: &PathBuf, args: &Args, requantize: bool) -> Result<(Figures, f64)> {
+    let header = GgufHeader::read(path)?;
+    let tok = GgufTokenizer::from_gguf(&header.content)?;
+    let text = std::fs::read_to_string(text_path())?;
+    let mut ids = tok.encode(&text, false)?;
+    let need = args.prefill.iter().copied().max().unwrap_or(0).max(16) + 1;
+    while ids.len() < need {
+        ids.extend(ids.clone());
+    }
+    let context = need + args.decode + 16;
+    let t0 = Instant::now();
+    let weights = Weights::load(header, &Device::Cpu, context, requantize)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let dev = Device::Cpu;
+    let mut prefill = Vec::new();
+    for &n in &args.prefill {
+        let mut rates = Vec::new();
+        for _ in 0..args.runs {
+            let mut s = weights.session(n);
+            let t = Instant::now();
+            s.forward(&ids[..n], 0, &dev)?;
+            rates.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+        prefill.push((n, median(rates)));
+    }
+    let mut rates = Vec::new();
+    for _ in 0..args.runs {
+        let mut s = weights.session(16 + args.decode);
+        let mut logits = s.forward(&ids[..16], 0, &dev)?;
+        let t = Instant::now();
+        for i in 0..args.decode {
+            let next = logits.argmax(0)?.to_scalar::<u32>()?;
+            logits = s.forward(&[next], 16 + i, &dev)?;
+        }
+        rates.push(args.decode as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok((Figures { prefill, decode: median(rates) }, load_s))
+}
+
+fn llama_cpp(path: &PathBuf, args: &Args) -> Result<Option<Figures>> {
+    if args.no_llama_cpp {
+        return Ok(None);
+    }
+    let probe = std::process::Command::new("python3").args(["-c", "import llama_cpp"]).output();
+    if !probe.map(|o| o.status.success()).unwrap_or(false) {
+        eprintln!("llama_cpp Python package not installed: `pip install llama-cpp-python` to compare");
+        return Ok(None);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/llama_cpp_bench.py");
+    let sizes: Vec<String> = args.prefill.iter().map(|n| n.to_string()).collect();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(path)
+        .args(["--threads", &args.threads.to_string(), "--prefill", &sizes.join(","), "--decode", &args.decode.to_string()])
+        .args(["--runs", &args.runs.to_string(), "--text"])
+        .arg(text_path())
+        .output()
+        .context("running llama_cpp_bench.py")?;
+    anyhow::ensure!(out.status.success(), "llama_cpp_bench.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let rates = |x: &serde_json::Value| x.as_array().map(|a| a.iter().filter_map(|r| r.as_f64()).collect()).unwrap_or_default();
+    let prefill = args.prefill.iter().map(|n| (*n, median(rates(&v["prefill"][n.to_string()])))).collect();
+    Ok(Some(Figures { prefill, decode: median(rates(&v["decode"])) }))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    let models = if args.models.is_empty() {
+        ["gemma-3-270m-q4_k_m.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"]
+            .iter()
+            .map(|f| args.models_dir.join(f))
+            .filter(|p| p.exists())
+            .collect()
+    } else {
+        args.models.clone()
+    };
+    let modes: Vec<bool> = match args.requantize.as_str() {
+        "on" => vec![true],
+        "off" => vec![false],
+        _ => vec![false, true],
+    };
+    let cols: Vec<String> = args.prefill.iter().map(|n| format!("prefill {n}")).collect();
+    println!("| model | engine | {} | decode {} | load s |", cols.join(" | "), args.decode);
+    println!("|---|---|{}---|---|", "---|".repeat(cols.len()));
+    for path in &models {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let reference = llama_cpp(path, &args)?;
+        if let Some(r) = &reference {
+            let p: Vec<String> = r.prefill.iter().map(|(_, v)| format!("{v:.1}")).collect();
+            println!("| {name} | llama.cpp | {} | {:.1} | |", p.join(" | "), r.decode);
+        }
+        for &rq in &modes {
+            let (f, load_s) = ours(path, &args, rq)?;
+            let engine = if rq { "polyllm (Q8_0 re-quantized)" } else { "polyllm (file types)" };
+            let cell = |ours: f64, theirs: Option<f64>| match theirs {
+                Some(t) => format!("{ours:.1} ({:.2}x)", ours / t),
+                None => format!("{ours:.1}"),
+            };
+            let p: Vec<String> = f
+                .prefill
+                .iter()
+                .enumerate()
+                .map(|(i, (_, v))| cell(*v, reference.as_ref().map(|r| r.prefill[i].1)))
+                .collect();
+            println!("| {name} | {engine} | {} | {} | {load_s:.1} |", p.join(" | "), cell(f.decode, reference.as_ref().map(|r| r.decode)));
+        }
+    }
+    Ok(())
+}
