@@ -48,6 +48,12 @@ pub struct RouteEvent {
     pub reason: String,
     /// `hit` or `miss`.
     pub cache: String,
+    /// The features the policy computed, when it reports them (the learned policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<BTreeMap<String, f64>>,
+    /// Each feature's contribution to the decision, when the policy reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contributions: Option<BTreeMap<String, f64>>,
 }
 
 /// Payload of the router's SSE `event: done`: the backend's stats plus the router's timings.

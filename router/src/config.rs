@@ -1,0 +1,183 @@
+//! Command-line flags of the router. Every flag has an environment-variable fallback (shown in
+//! `--help`), so the same binary is configured by flags natively and by env in containers.
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which baseline rule ranks the healthy backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyKind {
+    /// The smallest model first (fewest parameters, read from the model name).
+    Smallest,
+    /// The lowest recent time-to-first-token first, weighted by requests in flight.
+    Latency,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "router", version, about = "One endpoint for the polyllm mesh: cache, rate limits, routing, fallback.")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// The backends: a catalog file (models.toml), a JSON file, or inline JSON of id -> URL.
+    #[arg(long, env = "BACKENDS", default_value = "models.toml")]
+    pub backends: String,
+
+    /// The baseline routing rule.
+    #[arg(long, env = "ROUTING_POLICY", value_enum, default_value_t = PolicyKind::Smallest)]
+    pub policy: PolicyKind,
+
+    /// Model name or backend id tried last when every chosen candidate failed.
+    #[arg(long, env = "FALLBACK_MODEL")]
+    pub fallback_model: Option<String>,
+
+    /// How often each backend's /health is polled (ms).
+    #[arg(long, env = "HEALTH_INTERVAL_MS", default_value_t = 2000)]
+    pub health_interval_ms: u64,
+
+    /// Timeout of one health check (ms).
+    #[arg(long, env = "HEALTH_TIMEOUT_MS", default_value_t = 1000)]
+    pub health_timeout_ms: u64,
+
+    /// TCP connect timeout towards a backend (ms).
+    #[arg(long, env = "BACKEND_CONNECT_TIMEOUT_MS", default_value_t = 1000)]
+    pub connect_timeout_ms: u64,
+
+    /// A backend that has sent no first token within this time is abandoned for the next one (ms).
+    #[arg(long, env = "FIRST_TOKEN_TIMEOUT_MS", default_value_t = 30000)]
+    pub first_token_timeout_ms: u64,
+
+    /// Longest silence allowed between two tokens once streaming has started (ms).
+    #[arg(long, env = "TOKEN_TIMEOUT_MS", default_value_t = 60000)]
+    pub token_timeout_ms: u64,
+
+    /// Redis for the shared cache and rate limits; without it an in-process cache and limiter
+    /// are used.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key the router writes.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "polyllm:")]
+    pub redis_key_prefix: String,
+
+    /// Timeout of one Redis command (ms); a slower Redis counts as down.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 100)]
+    pub redis_timeout_ms: u64,
+
+    /// After a Redis error, Redis is bypassed for this long before it is tried again (ms).
+    #[arg(long, env = "REDIS_RETRY_MS", default_value_t = 1000)]
+    pub redis_retry_ms: u64,
+
+    /// Lifetime of a cached answer in seconds; 0 turns the cache off.
+    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 3600)]
+    pub cache_ttl_secs: u64,
+
+    /// The temperature the backends use when a request gives none; it decides whether such
+    /// requests are deterministic, hence cacheable.
+    #[arg(long, env = "DEFAULT_TEMP", default_value_t = 0.7)]
+    pub default_temp: f64,
+
+    /// Capacity of the in-process cache, in answers.
+    #[arg(long, env = "CACHE_MAX_ENTRIES", default_value_t = 10_000)]
+    pub cache_max_entries: u64,
+
+    /// Sustained requests per second per API key (or client IP); 0 turns rate limiting off.
+    #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 10.0)]
+    pub rate_limit_rps: f64,
+
+    /// Bucket size: how many requests a client may send at once.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 20)]
+    pub rate_limit_burst: u32,
+
+    /// Per-key limits: a TOML or JSON file mapping API key -> {rps, burst}.
+    #[arg(long, env = "RATE_LIMIT_OVERRIDES")]
+    pub rate_limit_overrides: Option<PathBuf>,
+
+    /// Take the client IP from X-Forwarded-For (only behind a trusted proxy).
+    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+
+    /// Directory of the JSONL response log for the trainer; no log when unset.
+    #[arg(long, env = "RESPONSE_LOG_DIR")]
+    pub response_log_dir: Option<PathBuf>,
+
+    /// A response log file is closed and a new one started past this size (bytes).
+    #[arg(long, env = "RESPONSE_LOG_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub response_log_max_bytes: u64,
+
+    /// Leave prompt and answer text out of the response log.
+    #[arg(long, env = "RESPONSE_LOG_NO_TEXT")]
+    pub response_log_no_text: bool,
+
+    /// Largest request body accepted (bytes).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Longest prompt accepted (characters).
+    #[arg(long, env = "MAX_PROMPT_CHARS", default_value_t = 32_768)]
+    pub max_prompt_chars: usize,
+
+    /// Runtime worker threads (default: one per CPU core).
+    #[arg(long, env = "WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
+    /// The UI's built files, served at / when the directory exists.
+    #[arg(long, env = "UI_DIR", default_value = "ui/dist")]
+    pub ui_dir: PathBuf,
+}
+
+impl Config {
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        let host = if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        Ok(format!("{host}:{}", self.port).parse()?)
+    }
+
+    pub fn first_token_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_token_timeout_ms)
+    }
+
+    pub fn token_timeout(&self) -> Duration {
+        Duration::from_millis(self.token_timeout_ms)
+    }
+
+    /// A configuration with every default, for tests and the benchmark.
+    pub fn defaults() -> Self {
+        Config::parse_from(["router"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent_and_have_env_fallbacks() {
+        Config::command().debug_assert();
+        let help = Config::command().render_long_help().to_string();
+        for env in ["BACKENDS", "REDIS_URL", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "CACHE_TTL_SECS", "UI_DIR"] {
+            assert!(help.contains(env), "{env} missing from --help");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::defaults();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.listen_addr().unwrap().port(), 8080);
+        assert_eq!(c.policy, PolicyKind::Smallest);
+        let c = Config::parse_from(["router", "--host", "::1", "--port", "9", "--policy", "latency"]);
+        assert_eq!(c.listen_addr().unwrap().to_string(), "[::1]:9");
+        assert_eq!(c.policy, PolicyKind::Latency);
+    }
+}

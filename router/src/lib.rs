@@ -1,0 +1,47 @@
+//! The polyllm router: one endpoint for the whole mesh. It answers repeated prompts from a cache,
+//! keeps each client inside its rate, sends each prompt to a healthy backend of the kind asked for
+//! (chosen by a [`policy::RoutingPolicy`]), falls back when a backend fails, and exposes
+//! everything to Prometheus.
+//!
+//! Request path: [`server`] (routes) → [`generate`] / [`openai`] (parse, format) → [`pipeline`]
+//! (rate limit, cache, route) → [`proxy`] (relay and fallback cascade).
+pub mod backends;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod logging;
+pub mod metrics;
+pub mod openai;
+pub mod pipeline;
+pub mod policy;
+pub mod proxy;
+pub mod ratelimit;
+pub mod redis_conn;
+pub mod reqlog;
+pub mod server;
+pub mod state;
+pub mod validation;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<state::AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    state.spawn_background();
+    let app = server::router(state.clone());
+    // SSE is many small writes: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    state.shutdown();
+    Ok(())
+}

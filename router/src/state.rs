@@ -1,0 +1,168 @@
+//! The router's shared state (configuration, registry, policy, cache, limiter, metrics, HTTP
+//! client, response log) and the one place a finished request is accounted for: the
+//! `router_requests_total` and latency metrics, the JSON request log line, and the per-caller
+//! record behind `GET /last_request_stats`.
+use crate::backends::Registry;
+use crate::cache::{MokaCache, RedisCache, ResponseCache};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::RoutingPolicy;
+use crate::ratelimit::{load_overrides, Identity, Limit, RateLimiter};
+use crate::redis_conn::RedisConn;
+use crate::reqlog::{rfc3339, ReqLog};
+use anyhow::Context;
+use polyllm_common::route::{RouteEvent, RouterDone};
+use polyllm_common::wire::ErrorBody;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub struct AppState {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub policy: Arc<dyn RoutingPolicy>,
+    /// None when `--cache-ttl-secs 0`.
+    pub cache: Option<Arc<dyn ResponseCache>>,
+    pub limiter: RateLimiter,
+    pub redis: Option<Arc<RedisConn>>,
+    pub metrics: Arc<Metrics>,
+    /// One pooled client for every backend call.
+    pub client: reqwest::Client,
+    pub reqlog: Option<ReqLog>,
+    /// identity -> its latest request's decision and stats.
+    last: moka::sync::Cache<Arc<str>, Arc<Value>>,
+}
+
+/// How one request ended, for [`AppState::record`].
+pub struct Outcome<'a> {
+    pub request_id: &'a str,
+    pub identity: &'a Identity,
+    pub prompt_hash: &'a str,
+    /// `200`, `400`, `429`, `503`, `499` (client went away), `stream_error` ...
+    pub status: &'a str,
+    pub started: Instant,
+    pub route: Option<&'a RouteEvent>,
+    pub done: Option<&'a RouterDone>,
+    pub error: Option<&'a ErrorBody>,
+}
+
+impl AppState {
+    /// Builds the state from the configuration, with `policy` deciding routes.
+    pub fn new(config: Config, policy: Arc<dyn RoutingPolicy>) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::load(&config.backends).context("loading --backends")?);
+        let redis = match config.redis_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => Some(Arc::new(
+                RedisConn::new(
+                    url,
+                    &config.redis_key_prefix,
+                    Duration::from_millis(config.redis_timeout_ms),
+                    Duration::from_millis(config.redis_retry_ms),
+                    metrics.clone(),
+                )
+                .context("REDIS_URL")?,
+            )),
+            None => None,
+        };
+        let cache: Option<Arc<dyn ResponseCache>> = match (config.cache_ttl_secs, &redis) {
+            (0, _) => None,
+            (ttl, Some(r)) => Some(Arc::new(RedisCache::new(r.clone(), Duration::from_secs(ttl)))),
+            (ttl, None) => Some(Arc::new(MokaCache::new(Duration::from_secs(ttl), config.cache_max_entries))),
+        };
+        let overrides = match &config.rate_limit_overrides {
+            Some(p) => load_overrides(p)?,
+            None => Default::default(),
+        };
+        let limiter = RateLimiter::new(
+            Limit { rps: config.rate_limit_rps, burst: config.rate_limit_burst },
+            overrides,
+            redis.clone(),
+        );
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http1_only()
+            .no_proxy()
+            .build()
+            .context("building the HTTP client")?;
+        let reqlog = match &config.response_log_dir {
+            Some(dir) => Some(
+                ReqLog::start(dir, config.response_log_max_bytes, !config.response_log_no_text, metrics.clone())
+                    .with_context(|| format!("opening the response log in {}", dir.display()))?,
+            ),
+            None => None,
+        };
+        let last = moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(24 * 3600)).build();
+        Ok(AppState { config, registry, policy, cache, limiter, redis, metrics, client, reqlog, last })
+    }
+
+    /// Starts the background tasks: health checks and limiter housekeeping.
+    pub fn spawn_background(self: &Arc<Self>) {
+        self.registry.spawn_health_checker(
+            self.client.clone(),
+            Duration::from_millis(self.config.health_interval_ms),
+            Duration::from_millis(self.config.health_timeout_ms),
+            self.metrics.clone(),
+        );
+        let st = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                match st.upgrade() {
+                    Some(st) => st.limiter.housekeeping(),
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Accounts for a finished request: metrics, one JSON log line, last-request stats.
+    pub fn record(&self, o: Outcome<'_>) {
+        let elapsed = o.started.elapsed();
+        self.metrics.requests.with_label_values(&[o.status]).inc();
+        self.metrics.request_latency.observe(elapsed.as_secs_f64());
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        let tokens = o.done.map_or(0, |d| d.stats.completion_tokens);
+        let cache_hit = o.done.is_some_and(|d| d.cache == "hit");
+        tracing::info!(
+            target: "router::request",
+            request_id = o.request_id,
+            prompt_hash = o.prompt_hash,
+            model = o.route.map_or("", |r| r.model.as_str()),
+            backend = o.route.map_or("", |r| r.backend.as_str()),
+            latency_ms,
+            tokens,
+            cache_hit,
+            status = o.status,
+            error = o.error.map_or("", |e| e.error.message.as_str()),
+            "request"
+        );
+        let v = json!({
+            "request_id": o.request_id,
+            "time": rfc3339(SystemTime::now()),
+            "status": o.status,
+            "cache": if cache_hit { "hit" } else { "miss" },
+            "latency_ms": latency_ms,
+            "tokens": tokens,
+            "route": o.route,
+            "stats": o.done,
+            "error": o.error.map(|e| &e.error),
+        });
+        self.last.insert(o.identity.key.clone(), Arc::new(v));
+    }
+
+    /// The latest request of `identity`, if any.
+    pub fn last_request(&self, identity: &Identity) -> Option<Arc<Value>> {
+        self.last.get(&identity.key)
+    }
+
+    /// Flushes the response log.
+    pub fn shutdown(&self) {
+        if let Some(log) = &self.reqlog {
+            log.shutdown();
+        }
+    }
+}
