@@ -21,8 +21,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 python3 -c 'import openai' 2>/dev/null || { echo "== installing the openai Python client"; python3 -m pip install -q openai; }
 
+# One build of the whole workspace: building a single package first (`cargo run -p inference`)
+# would unify dependency features differently and compile candle twice.
+echo "== building the workspace and its tests"
+cargo build --workspace --all-targets
+
 echo "== fetching test models into ${MODELS_DIR:-models}"
-cargo run -q -p inference --bin fetch-models -- --only gemma,qwen05
+"${CARGO_TARGET_DIR:-target}/debug/fetch-models" --only gemma,qwen05
 
 echo "== running the Rust tests"
 cargo test --workspace -- --test-threads "${TEST_THREADS:-2}"
