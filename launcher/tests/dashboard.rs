@@ -144,6 +144,15 @@ fn every_dashboard_query_returns_data_from_a_native_mesh() {
     });
     router_proc.assert_running();
     wait_for(&format!("{prom}/-/ready"), Duration::from_secs(60), "Prometheus", |s, _| s == 200);
+    // Rates need a sample from before the traffic: wait until the router and m1 have been scraped,
+    // then a couple more scrape intervals, or a fast run leaves every histogram rate at NaN.
+    wait_for(
+        &format!("{prom}/api/v1/query?query=count(model_generation_latency_seconds_count)%2Bcount(router_request_latency_seconds_count)"),
+        Duration::from_secs(30),
+        "Prometheus' first scrape of the router and m1",
+        |s, b| s == 200 && b.contains("\"value\""),
+    );
+    std::thread::sleep(Duration::from_secs(2));
 
     // Traffic: distinct prompts (each its own API key, so the limit does not bite), a repeat
     // (cache hit), then a burst on one key (rate-limited).
