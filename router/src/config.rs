@@ -130,6 +130,25 @@ pub struct Config {
     /// The UI's built files, served at / when the directory exists.
     #[arg(long, env = "UI_DIR", default_value = "ui/dist")]
     pub ui_dir: PathBuf,
+
+    /// The learned router model (model.txt + meta.json from `trainer train`). Without one the
+    /// baseline `--policy` routes; a model written there later is picked up without a restart.
+    #[arg(long, env = "ROUTER_MODEL", default_value = "router/model")]
+    pub router_model: PathBuf,
+
+    /// all-MiniLM-L6-v2 (config.json, model.safetensors, tokenizer.json) for the learned policy's
+    /// prompt embedding; `fetch-models --only minilm` puts it here.
+    #[arg(long, env = "EMBEDDER_DIR", default_value = "models/all-MiniLM-L6-v2")]
+    pub embedder_dir: PathBuf,
+
+    /// How often the router model directory is checked for a new model (ms); 0 turns it off.
+    #[arg(long, env = "ROUTER_MODEL_POLL_MS", default_value_t = 2000)]
+    pub router_model_poll_ms: u64,
+
+    /// Token for the admin endpoints (`POST /admin/reload_model`), sent as `Authorization: Bearer`.
+    /// Without it the admin endpoints do not exist.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -165,7 +184,7 @@ mod tests {
     fn flags_are_consistent_and_have_env_fallbacks() {
         Config::command().debug_assert();
         let help = Config::command().render_long_help().to_string();
-        for env in ["BACKENDS", "REDIS_URL", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "CACHE_TTL_SECS", "UI_DIR"] {
+        for env in ["BACKENDS", "REDIS_URL", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "CACHE_TTL_SECS", "UI_DIR", "ROUTER_MODEL", "EMBEDDER_DIR", "ADMIN_TOKEN"] {
             assert!(help.contains(env), "{env} missing from --help");
         }
     }

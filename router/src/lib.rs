@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod learned;
 pub mod logging;
 pub mod metrics;
 pub mod openai;
@@ -20,6 +21,7 @@ pub mod ratelimit;
 pub mod redis_conn;
 pub mod reqlog;
 pub mod server;
+pub mod admin;
 pub mod state;
 pub mod validation;
 

@@ -47,8 +47,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
-    let policy = router::policy::baseline(config.policy);
-    let state = Arc::new(AppState::new(config, policy)?);
+    let state = Arc::new(AppState::with_learned_policy(config)?);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(
         %addr,

@@ -182,21 +182,40 @@ pub async fn start(st: &Arc<AppState>, adm: &Admitted, req: RouterRequest, promp
     let cache_ms = if key.is_some() { ms(c0.elapsed()) } else { 0.0 };
 
     let r0 = Instant::now();
-    let ctx = RoutingContext {
-        prompt: &req.prompt,
-        features: PromptFeatures::of(&req.prompt),
-        chat: req.chat,
-        max_tokens: req.max_tokens,
-        temp: req.temp,
+    let plan = if st.policy.blocking() {
+        // The learned policy embeds the prompt: keep that off the async workers.
+        let (st2, prompt, chat, max_tokens, temp, preference, model) =
+            (st.clone(), req.prompt.clone(), req.chat, req.max_tokens, req.temp, req.preference, req.model.clone());
+        tokio::task::spawn_blocking(move || {
+            let ctx = RoutingContext { prompt: &prompt, features: PromptFeatures::of(&prompt), chat, max_tokens, temp };
+            policy::plan(
+                st2.policy.as_ref(),
+                &st2.registry,
+                &ctx,
+                preference,
+                model.as_deref(),
+                st2.config.fallback_model.as_deref(),
+            )
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("routing task failed: {e}")))??
+    } else {
+        let ctx = RoutingContext {
+            prompt: &req.prompt,
+            features: PromptFeatures::of(&req.prompt),
+            chat: req.chat,
+            max_tokens: req.max_tokens,
+            temp: req.temp,
+        };
+        policy::plan(
+            st.policy.as_ref(),
+            &st.registry,
+            &ctx,
+            req.preference,
+            req.model.as_deref(),
+            st.config.fallback_model.as_deref(),
+        )?
     };
-    let plan = policy::plan(
-        st.policy.as_ref(),
-        &st.registry,
-        &ctx,
-        req.preference,
-        req.model.as_deref(),
-        st.config.fallback_model.as_deref(),
-    )?;
     let routing = r0.elapsed();
     st.metrics.routing_latency.observe(routing.as_secs_f64());
 

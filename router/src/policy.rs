@@ -152,6 +152,11 @@ pub enum PolicyError {
 /// healthy and already filtered by forced model and preference; it must be fast (no I/O).
 pub trait RoutingPolicy: Send + Sync + 'static {
     fn name(&self) -> &str;
+    /// True when `decide` does real work (the learned policy embeds the prompt, tens of ms of
+    /// CPU): the pipeline then calls it on the blocking pool instead of an async worker.
+    fn blocking(&self) -> bool {
+        false
+    }
     fn decide(
         &self,
         ctx: &RoutingContext<'_>,
@@ -160,22 +165,7 @@ pub trait RoutingPolicy: Send + Sync + 'static {
     ) -> Result<Decision, PolicyError>;
 }
 
-/// Number of parameters read from a model name (`gemma-3-270m` → 2.7e8, `…-1.5b-…` → 1.5e9).
-pub fn model_params(name: &str) -> Option<f64> {
-    name.split(['-', '_', ' ', ':'])
-        .filter_map(|part| {
-            let p = part.to_ascii_lowercase();
-            let (num, scale) = if let Some(n) = p.strip_suffix('b') {
-                (n, 1e9)
-            } else if let Some(n) = p.strip_suffix('m') {
-                (n, 1e6)
-            } else {
-                return None;
-            };
-            num.parse::<f64>().ok().filter(|v| *v > 0.0).map(|v| v * scale)
-        })
-        .next()
-}
+pub use polyllm_common::catalog::model_params;
 
 fn human_params(p: Option<f64>) -> String {
     match p {

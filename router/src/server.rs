@@ -18,7 +18,8 @@ use tower_http::services::{ServeDir, ServeFile};
 pub fn router(st: Arc<AppState>) -> Router {
     let max_body = st.config.max_body_bytes;
     let ui = st.config.ui_dir.clone();
-    let api = Router::new()
+    let admin_on = st.config.admin_token.as_deref().is_some_and(|t| !t.is_empty());
+    let mut api = Router::new()
         .route("/generate", post(generate::generate))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -27,8 +28,12 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/last_request_stats", get(last_request_stats))
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(st);
+        .route("/router_model", get(crate::admin::router_model))
+        .layer(DefaultBodyLimit::max(max_body));
+    if admin_on {
+        api = api.route("/admin/reload_model", post(crate::admin::reload_model));
+    }
+    let api = api.with_state(st);
     if ui.join("index.html").is_file() {
         let index = ServeFile::new(ui.join("index.html"));
         api.fallback_service(ServeDir::new(&ui).fallback(index))
@@ -45,7 +50,7 @@ async fn index() -> Response {
     Json(json!({
         "service": "polyllm router",
         "endpoints": ["POST /generate", "POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models",
-                      "GET /backends", "GET /last_request_stats", "GET /health", "GET /metrics"],
+                      "GET /backends", "GET /last_request_stats", "GET /router_model", "GET /health", "GET /metrics"],
     }))
     .into_response()
 }

@@ -6,6 +6,7 @@ use crate::backends::Registry;
 use crate::cache::{MokaCache, RedisCache, ResponseCache};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::learned::LearnedPolicy;
 use crate::policy::RoutingPolicy;
 use crate::ratelimit::{load_overrides, Identity, Limit, RateLimiter};
 use crate::redis_conn::RedisConn;
@@ -29,6 +30,8 @@ pub struct AppState {
     /// One pooled client for every backend call.
     pub client: reqwest::Client,
     pub reqlog: Option<ReqLog>,
+    /// The learned policy, when the router runs one (for its admin and status endpoints).
+    pub learned: Option<Arc<LearnedPolicy>>,
     /// identity -> its latest request's decision and stats.
     last: moka::sync::Cache<Arc<str>, Arc<Value>>,
 }
@@ -95,11 +98,26 @@ impl AppState {
             None => None,
         };
         let last = moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(24 * 3600)).build();
-        Ok(AppState { config, registry, policy, cache, limiter, redis, metrics, client, reqlog, last })
+        Ok(AppState { config, registry, policy, cache, limiter, redis, metrics, client, reqlog, learned: None, last })
     }
 
-    /// Starts the background tasks: health checks and limiter housekeeping.
+    /// Builds the state with the learned policy (`--router-model`, `--embedder-dir`), which routes
+    /// with the baseline `--policy` while it has no model.
+    pub fn with_learned_policy(config: Config) -> anyhow::Result<Self> {
+        let baseline = crate::policy::BaselinePolicy { kind: config.policy };
+        let learned = Arc::new(LearnedPolicy::new(&config.router_model, &config.embedder_dir, baseline));
+        let mut st = AppState::new(config, learned.clone())?;
+        st.learned = Some(learned);
+        Ok(st)
+    }
+
+    /// Starts the background tasks: health checks, limiter housekeeping, the router model watcher.
     pub fn spawn_background(self: &Arc<Self>) {
+        if let (Some(l), ms) = (&self.learned, self.config.router_model_poll_ms) {
+            if ms > 0 {
+                l.spawn_watcher(Duration::from_millis(ms));
+            }
+        }
         self.registry.spawn_health_checker(
             self.client.clone(),
             Duration::from_millis(self.config.health_interval_ms),

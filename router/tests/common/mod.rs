@@ -147,6 +147,18 @@ pub fn inference_bin() -> PathBuf {
     .clone()
 }
 
+/// Another workspace binary (`trainer`), built with `cargo build -p PACKAGE` when missing.
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    let bin = target_dir().join("debug").join(name);
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo).args(["build", "-p", package]).current_dir(workspace()).status().unwrap();
+        assert!(st.success(), "cargo build -p {package} failed");
+    }
+    assert!(bin.is_file(), "{} missing", bin.display());
+    bin
+}
+
 pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 pub const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
@@ -359,7 +371,9 @@ impl Router {
             .env_remove("REDIS_URL")
             .env_remove("RATE_LIMIT_RPS")
             .env_remove("RATE_LIMIT_BURST")
-            .env_remove("FALLBACK_MODEL");
+            .env_remove("FALLBACK_MODEL")
+            .env("ROUTER_MODEL", "/nonexistent/router-model")
+            .env_remove("ADMIN_TOKEN");
         for (k, v) in env {
             cmd.env(k, v);
         }
