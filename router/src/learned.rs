@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use lightgbm3::Booster;
 use polyllm_common::features::{assemble, Embedder, Embedding, Featurizer};
 use polyllm_common::router_model::{RouterModelMeta, META_FILE, MODEL_FILE};
 use serde::Serialize;
 
+use crate::lgbm::Predictor;
 use crate::policy::{BaselinePolicy, Candidate, Decision, PolicyError, Preference, RoutingContext, RoutingPolicy};
 
 /// How many of the largest feature contributions the route event carries.
@@ -31,18 +31,9 @@ pub enum LearnedError {
     Invalid { dir: String, message: String },
 }
 
-/// A LightGBM booster behind a mutex.
-///
-/// `Booster` holds a raw pointer to LightGBM's C++ object, so it is neither `Send` nor `Sync`.
-/// SAFETY: the C++ Booster has no thread affinity; every call into it goes through the mutex, so
-/// no two threads ever use the handle at once, and it is freed once, on drop.
-struct SharedBooster(Mutex<Booster>);
-unsafe impl Send for SharedBooster {}
-unsafe impl Sync for SharedBooster {}
-
 /// One loaded, checked router model.
 pub struct RouterModel {
-    booster: SharedBooster,
+    booster: Predictor,
     pub meta: RouterModelMeta,
     pub dir: PathBuf,
     /// Modification times of model.txt and meta.json when loaded: the watcher's change signal.
@@ -75,23 +66,19 @@ impl RouterModel {
         let before = stamp(dir);
         let meta = RouterModelMeta::load(dir).map_err(|e| invalid(e.to_string()))?;
         let path = dir.join(MODEL_FILE);
-        let booster = Booster::from_file(&path.to_string_lossy()).map_err(|e| invalid(format!("{MODEL_FILE}: {e}")))?;
-        if booster.num_features() as usize != meta.feature_names.len() {
+        let booster = Predictor::load(&path).map_err(|e| invalid(format!("{MODEL_FILE}: {e}")))?;
+        if booster.features() != meta.feature_names.len() {
             return Err(invalid(format!(
                 "{MODEL_FILE} has {} features, meta.json names {}",
-                booster.num_features(),
+                booster.features(),
                 meta.feature_names.len()
             )));
         }
-        if booster.num_classes() as usize != meta.classes.len() {
-            return Err(invalid(format!(
-                "{MODEL_FILE} has {} classes, meta.json names {}",
-                booster.num_classes(),
-                meta.classes.len()
-            )));
+        if booster.classes() != meta.classes.len() {
+            return Err(invalid(format!("{MODEL_FILE} has {} classes, meta.json names {}", booster.classes(), meta.classes.len())));
         }
         Ok(RouterModel {
-            booster: SharedBooster(Mutex::new(booster)),
+            booster,
             meta,
             dir: dir.to_path_buf(),
             stamp: before,
@@ -101,20 +88,8 @@ impl RouterModel {
 
     /// Class probabilities and per-class contributions of one feature row.
     pub fn predict(&self, row: &[f32]) -> Result<Prediction, PolicyError> {
-        let n = row.len() as i32;
-        let k = self.meta.classes.len();
-        let booster = self.booster.0.lock().map_err(|_| PolicyError::Failed("router model lock poisoned".into()))?;
-        let probabilities = booster.predict(row, n, true).map_err(|e| PolicyError::Failed(format!("predict: {e}")))?;
-        let contrib = booster.predict_contrib(row, n, true).map_err(|e| PolicyError::Failed(format!("contrib: {e}")))?;
-        drop(booster);
-        if probabilities.len() != k || contrib.len() != k * (row.len() + 1) {
-            return Err(PolicyError::Failed(format!(
-                "LightGBM returned {} probabilities and {} contributions for {k} classes",
-                probabilities.len(),
-                contrib.len()
-            )));
-        }
-        let contributions = contrib.chunks(row.len() + 1).map(|c| c.to_vec()).collect();
+        let probabilities = self.booster.predict(row).map_err(|e| PolicyError::Failed(e.to_string()))?;
+        let contributions = self.booster.contributions(row).map_err(|e| PolicyError::Failed(e.to_string()))?;
         Ok(Prediction { probabilities, contributions })
     }
 }
@@ -318,7 +293,7 @@ impl RoutingPolicy for LearnedPolicy {
         let top = &meta.classes[top_i];
 
         let mut reason;
-        let mut chosen: Option<&Candidate> = None;
+        let chosen: Option<&Candidate>;
         if top_p < meta.confidence_threshold {
             reason = format!(
                 "low_confidence: best guess {top} at p={top_p:.2} is below the threshold {:.2}, so the largest model answers",
