@@ -214,7 +214,7 @@ async fn main() -> Result<()> {
             let table = Table::build(&prompts, &read_scores(&scores)?)?;
             let f = embedder.load()?;
             let emb = trainer::train::embed_all(&f, &table)?;
-            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            let command = std::iter::once("trainer".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
             let r = trainer::evaluate::evaluate(&table, &emb, &model, &command)?;
             let files = trainer::evaluate::write_report(&model, &r, font.as_deref())?;
             print!("{}", trainer::evaluate::markdown(&r, false));
