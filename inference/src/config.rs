@@ -55,10 +55,11 @@ pub struct Config {
     #[arg(long, env = "CONTEXT")]
     pub context: Option<usize>,
 
-    /// Re-pack Q4_0 and Q5_0 matrices as Q8_0 at load: bit-identical weights, several times faster
-    /// CPU kernels, more memory. `--requantize false` keeps the file's types.
-    #[arg(long, env = "REQUANTIZE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub requantize: bool,
+    /// CPU matmul kernels: `fast` (ours for Q8_0/Q5_0/Q4_0 matrices, re-packed exactly; candle's
+    /// for K-quants), `repack` (candle's, Q4_0/Q5_0 re-packed as Q8_0) or `file` (candle's on the
+    /// file's own types).
+    #[arg(long, env = "KERNELS", value_enum, default_value_t = crate::kernels::Kernels::Fast)]
+    pub kernels: crate::kernels::Kernels,
 
     /// A tokenizer.json to use instead of the tokenizer built from the GGUF metadata.
     #[arg(long, env = "TOKENIZER")]

