@@ -1,6 +1,6 @@
-//! The router model's endpoints: `GET /router_model` (what model routes, public) and the admin
-//! endpoint `POST /admin/reload_model`, which exists only when `--admin-token` is set and needs
-//! `Authorization: Bearer <token>` (compared in constant time).
+//! The router model's endpoint `GET /router_model` (what model routes, public) and the admin
+//! endpoints `POST /admin/reload_model` and `POST /admin/reset_stats`, which exist only when
+//! `--admin-token` is set and need `Authorization: Bearer <token>` (compared in constant time).
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -34,11 +34,22 @@ pub fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
         .is_some_and(|got| constant_time_eq(got.trim().as_bytes(), token.as_bytes()))
 }
 
+fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, Json(ErrorBody::new("unauthorized", "admin token missing or wrong"))).into_response()
+}
+
+/// `POST /admin/reset_stats`: forget every caller's `/last_request_stats` record.
+pub async fn reset_stats(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    Json(json!({ "reset": true, "records_cleared": st.reset_stats() })).into_response()
+}
+
 /// `POST /admin/reload_model`: load the model directory now and swap it in.
 pub async fn reload_model(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if !authorized(&st, &headers) {
-        return (StatusCode::UNAUTHORIZED, Json(ErrorBody::new("unauthorized", "admin token missing or wrong")))
-            .into_response();
+        return unauthorized();
     }
     let Some(l) = st.learned.clone() else {
         return (StatusCode::CONFLICT, Json(ErrorBody::new("no_learned_policy", "this router runs no learned policy")))

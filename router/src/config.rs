@@ -145,10 +145,21 @@ pub struct Config {
     #[arg(long, env = "ROUTER_MODEL_POLL_MS", default_value_t = 2000)]
     pub router_model_poll_ms: u64,
 
-    /// Token for the admin endpoints (`POST /admin/reload_model`), sent as `Authorization: Bearer`.
-    /// Without it the admin endpoints do not exist.
+    /// Token for the admin endpoints (`POST /admin/reload_model`, `POST /admin/reset_stats`), sent
+    /// as `Authorization: Bearer`. Without it the admin endpoints do not exist.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// API keys file (SHA-256 of each key, optional per-key limits; see the README). When set,
+    /// every model request needs one of its keys; without it no key is needed.
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys: Option<PathBuf>,
+
+    /// Origins allowed to call the API from a browser (CORS), comma-separated, e.g. the UI's
+    /// `http://localhost:5173`. Unset: no cross-origin access (the UI served by the router itself
+    /// is same-origin and needs none).
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {

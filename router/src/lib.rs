@@ -3,8 +3,10 @@
 //! (chosen by a [`policy::RoutingPolicy`]), falls back when a backend fails, and exposes
 //! everything to Prometheus.
 //!
-//! Request path: [`server`] (routes) → [`generate`] / [`openai`] (parse, format) → [`pipeline`]
+//! Request path: [`server`] (routes, CORS) → [`auth`] (API keys, when required) → [`generate`] / [`openai`] (parse, format) → [`pipeline`]
 //! (rate limit, cache, route) → [`proxy`] (relay and fallback cascade).
+pub mod admin;
+pub mod auth;
 pub mod backends;
 pub mod cache;
 pub mod config;
@@ -22,7 +24,6 @@ pub mod ratelimit;
 pub mod redis_conn;
 pub mod reqlog;
 pub mod server;
-pub mod admin;
 pub mod state;
 pub mod validation;
 

@@ -47,7 +47,8 @@ pub enum LimitFileError {
 }
 
 /// Reads the overrides file: `{"key": {"rps": 5, "burst": 10}}` as JSON (`.json`) or the same map
-/// as TOML (`"key" = { rps = 5, burst = 10 }`).
+/// as TOML (`"key" = { rps = 5, burst = 10 }`). The result is keyed by identity
+/// ([`key_identity`]), so the raw keys are not kept.
 pub fn load_overrides(path: &Path) -> Result<HashMap<String, Limit>, LimitFileError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| LimitFileError::Io { path: p.clone(), source })?;
@@ -56,7 +57,8 @@ pub fn load_overrides(path: &Path) -> Result<HashMap<String, Limit>, LimitFileEr
     } else {
         toml::from_str(&text).map_err(|e| e.to_string())
     };
-    parsed.map_err(|message| LimitFileError::Invalid { path: p, message })
+    let parsed = parsed.map_err(|message| LimitFileError::Invalid { path: p, message })?;
+    Ok(parsed.into_iter().map(|(k, l)| (key_identity(&hex::encode(Sha256::digest(k.as_bytes()))), l)).collect())
 }
 
 /// The caller, for limits and for `/last_request_stats`.
@@ -64,22 +66,28 @@ pub fn load_overrides(path: &Path) -> Result<HashMap<String, Limit>, LimitFileEr
 pub struct Identity {
     /// `key:<16 hex of SHA-256(api key)>` or `ip:<address>`; never the raw key.
     pub key: Arc<str>,
-    /// The raw API key, to look up an override.
-    pub api_key: Option<String>,
 }
 
-/// Finds the caller's identity in the request.
-pub fn identify(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> Identity {
+/// The API key of a request: `Authorization: Bearer <key>`, else `X-API-Key`.
+pub fn api_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|k| !k.is_empty());
-    let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty()));
-    if let Some(k) = key {
-        let digest = Sha256::digest(k.as_bytes());
-        return Identity { key: Arc::from(format!("key:{}", &hex::encode(digest)[..16])), api_key: Some(k.to_string()) };
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty()))
+}
+
+/// The identity key of an API key given by the hex SHA-256 of the key.
+pub fn key_identity(sha256_hex: &str) -> String {
+    format!("key:{}", &sha256_hex[..16.min(sha256_hex.len())])
+}
+
+/// Finds the caller's identity in the request.
+pub fn identify(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> Identity {
+    if let Some(k) = api_key(headers) {
+        return Identity { key: Arc::from(key_identity(&hex::encode(Sha256::digest(k.as_bytes())))) };
     }
     let ip: IpAddr = if trust_forwarded_for {
         headers
@@ -91,7 +99,7 @@ pub fn identify(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool
     } else {
         peer.ip()
     };
-    Identity { key: Arc::from(format!("ip:{ip}")), api_key: None }
+    Identity { key: Arc::from(format!("ip:{ip}")) }
 }
 
 /// The outcome of one check.
@@ -146,6 +154,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// `overrides` maps identity keys (`key:…`, see [`key_identity`]) to their limits.
     pub fn new(default: Limit, overrides: HashMap<String, Limit>, redis: Option<Arc<RedisConn>>) -> Self {
         let overrides = overrides
             .into_iter()
@@ -166,7 +175,7 @@ impl RateLimiter {
 
     /// The limit that applies to `id`.
     pub fn limit_for(&self, id: &Identity) -> Limit {
-        id.api_key.as_ref().and_then(|k| self.overrides.get(k)).map(|(l, _)| *l).unwrap_or(self.default)
+        self.overrides.get(&*id.key).map(|(l, _)| *l).unwrap_or(self.default)
     }
 
     /// Takes one token for `id`, from Redis when it is up, else from the in-process limiter.
@@ -201,7 +210,7 @@ impl RateLimiter {
 
     fn check_local(&self, id: &Identity, limit: Limit) -> Verdict {
         let l = limit.burst.max(1);
-        let res = match id.api_key.as_ref().and_then(|k| self.overrides.get(k)) {
+        let res = match self.overrides.get(&*id.key) {
             Some((_, direct)) => direct.check(),
             None => self.local.check_key(&id.key),
         };
@@ -237,9 +246,10 @@ mod tests {
         h.insert("x-api-key", "k2".parse().unwrap());
         let id = identify(&h, peer, false);
         assert!(id.key.starts_with("key:") && !id.key.contains("k2"));
-        assert_eq!(id.api_key.as_deref(), Some("k2"));
+        assert_eq!(api_key(&h), Some("k2"));
         h.insert("authorization", "Bearer k1".parse().unwrap());
-        assert_eq!(identify(&h, peer, false).api_key.as_deref(), Some("k1"));
+        assert_eq!(api_key(&h), Some("k1"));
+        assert_ne!(identify(&h, peer, false).key, id.key);
     }
 
     #[tokio::test]
@@ -263,9 +273,10 @@ mod tests {
 
     #[tokio::test]
     async fn overrides_and_disabled() {
+        let id = |k: &str| key_identity(&hex::encode(Sha256::digest(k.as_bytes())));
         let mut o = HashMap::new();
-        o.insert("vip".to_string(), Limit { rps: 0.01, burst: 5 });
-        o.insert("free".to_string(), Limit { rps: 0.0, burst: 1 });
+        o.insert(id("vip"), Limit { rps: 0.01, burst: 5 });
+        o.insert(id("free"), Limit { rps: 0.0, burst: 1 });
         let rl = RateLimiter::new(Limit { rps: 0.01, burst: 1 }, o, None);
         let mut h = HeaderMap::new();
         h.insert("x-api-key", "vip".parse().unwrap());
@@ -284,11 +295,14 @@ mod tests {
     fn overrides_file_formats() {
         let dir = tempfile::tempdir().unwrap();
         let t = dir.path().join("o.toml");
+        let id = |k: &str| key_identity(&hex::encode(Sha256::digest(k.as_bytes())));
         std::fs::write(&t, "\"k1\" = { rps = 2.5, burst = 4 }\n").unwrap();
-        assert_eq!(load_overrides(&t).unwrap()["k1"], Limit { rps: 2.5, burst: 4 });
+        assert_eq!(load_overrides(&t).unwrap()[&id("k1")], Limit { rps: 2.5, burst: 4 });
         let j = dir.path().join("o.json");
         std::fs::write(&j, r#"{"k2": {"rps": 1, "burst": 2}}"#).unwrap();
-        assert_eq!(load_overrides(&j).unwrap()["k2"].burst, 2);
+        let o = load_overrides(&j).unwrap();
+        assert_eq!(o[&id("k2")].burst, 2);
+        assert!(!o.contains_key("k2"), "raw keys are not kept");
         std::fs::write(&j, r#"{"k2": {"rps": 1}}"#).unwrap();
         assert!(load_overrides(&j).is_err());
     }

@@ -1,11 +1,13 @@
 //! The HTTP routes of the router, and the small read-only endpoints: `/health`, `/backends`,
 //! `/metrics`, `/last_request_stats`. The UI's built files are served at `/` when `--ui-dir`
-//! exists.
+//! exists. With `--api-keys` the model endpoints and `/last_request_stats` sit behind
+//! [`auth::require_key`](crate::auth::require_key); `/health`, `/metrics`, `/backends` and
+//! `/router_model` stay open for probes and Prometheus. CORS admits only `--cors-origins`.
 use crate::ratelimit::identify;
 use crate::state::AppState;
 use crate::{generate, openai};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,33 +15,77 @@ use polyllm_common::wire::ErrorBody;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
 
 pub fn router(st: Arc<AppState>) -> Router {
     let max_body = st.config.max_body_bytes;
     let ui = st.config.ui_dir.clone();
     let admin_on = st.config.admin_token.as_deref().is_some_and(|t| !t.is_empty());
-    let mut api = Router::new()
+    let keyed = Router::new()
         .route("/generate", post(generate::generate))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/last_request_stats", get(last_request_stats))
+        .route_layer(axum::middleware::from_fn_with_state(st.clone(), crate::auth::require_key));
+    let mut api = Router::new()
+        .merge(keyed)
         .route("/backends", get(backends))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/last_request_stats", get(last_request_stats))
         .route("/router_model", get(crate::admin::router_model))
         .layer(DefaultBodyLimit::max(max_body));
     if admin_on {
-        api = api.route("/admin/reload_model", post(crate::admin::reload_model));
+        api = api
+            .route("/admin/reload_model", post(crate::admin::reload_model))
+            .route("/admin/reset_stats", post(crate::admin::reset_stats));
     }
+    let cors = cors_layer(&st.config.cors_origins);
     let api = api.with_state(st);
+    let api = match cors {
+        Some(c) => api.layer(c),
+        None => api,
+    };
     if ui.join("index.html").is_file() {
         let index = ServeFile::new(ui.join("index.html"));
         api.fallback_service(ServeDir::new(&ui).fallback(index))
     } else {
         api.route("/", get(index)).fallback(not_found)
     }
+}
+
+/// CORS for the listed origins only (any other origin gets no `Access-Control-Allow-Origin`, so
+/// browsers refuse it); `None` when no origin is listed.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .map(|o| o.trim().trim_end_matches('/'))
+        .filter(|o| !o.is_empty())
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = o, "ignoring an unusable --cors-origins entry");
+                None
+            }
+        })
+        .collect();
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(list))
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("x-api-key")])
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("x-ratelimit-limit"),
+                HeaderName::from_static("x-ratelimit-remaining"),
+                header::RETRY_AFTER,
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 async fn not_found() -> Response {

@@ -32,6 +32,8 @@ pub struct AppState {
     pub reqlog: Option<ReqLog>,
     /// The learned policy, when the router runs one (for its admin and status endpoints).
     pub learned: Option<Arc<LearnedPolicy>>,
+    /// The accepted API keys, when `--api-keys` requires them.
+    pub api_keys: Option<crate::auth::ApiKeys>,
     /// identity -> its latest request's decision and stats.
     last: moka::sync::Cache<Arc<str>, Arc<Value>>,
 }
@@ -72,9 +74,18 @@ impl AppState {
             (ttl, Some(r)) => Some(Arc::new(RedisCache::new(r.clone(), Duration::from_secs(ttl)))),
             (ttl, None) => Some(Arc::new(MokaCache::new(Duration::from_secs(ttl), config.cache_max_entries))),
         };
-        let overrides = match &config.rate_limit_overrides {
+        let mut overrides = match &config.rate_limit_overrides {
             Some(p) => load_overrides(p)?,
             None => Default::default(),
+        };
+        let api_keys = match &config.api_keys {
+            Some(p) => {
+                let keys = crate::auth::ApiKeys::load(p)?;
+                tracing::info!(keys = keys.len(), "API keys required on the model endpoints");
+                overrides.extend(keys.limits());
+                Some(keys)
+            }
+            None => None,
         };
         let limiter = RateLimiter::new(
             Limit { rps: config.rate_limit_rps, burst: config.rate_limit_burst },
@@ -98,7 +109,7 @@ impl AppState {
             None => None,
         };
         let last = moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(24 * 3600)).build();
-        Ok(AppState { config, registry, policy, cache, limiter, redis, metrics, client, reqlog, learned: None, last })
+        Ok(AppState { config, registry, policy, cache, limiter, redis, metrics, client, reqlog, learned: None, api_keys, last })
     }
 
     /// Builds the state with the learned policy (`--router-model`, `--embedder-dir`), which routes
@@ -175,6 +186,15 @@ impl AppState {
     /// The latest request of `identity`, if any.
     pub fn last_request(&self, identity: &Identity) -> Option<Arc<Value>> {
         self.last.get(&identity.key)
+    }
+
+    /// Forgets every caller's last-request record; returns how many there were.
+    pub fn reset_stats(&self) -> u64 {
+        self.last.run_pending_tasks();
+        let n = self.last.entry_count();
+        self.last.invalidate_all();
+        self.last.run_pending_tasks();
+        n
     }
 
     /// Flushes the response log.
