@@ -8,7 +8,8 @@
 // E2E_MODEL (default <repo>/models/gemma-3-270m-q4_k_m.gguf), E2E_TIMEOUT_MS (per answer, default 180000),
 // E2E_NO_BUILD=1 (skip `cargo build -p inference -p router` when both binaries exist).
 import { spawn, spawnSync } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -219,7 +220,45 @@ async function main() {
   check(await cpuBtn.isDisabled(), 'Re-run is disabled while rate limited');
   check((await page.locator('[data-testid=run]').count()) === 3, 'the earlier answers stay on the page');
   await page.screenshot({ path: path.join(results, 'e2e-ratelimit.png'), fullPage: true });
-  log('screenshots: ui/test-results/e2e.png, e2e-narrow.png, e2e-ratelimit.png');
+
+  // A router that needs API keys: without a key the page says so; with the key typed in, it answers,
+  // and the key is remembered across a reload.
+  const keyDir = mkdtempSync(path.join(os.tmpdir(), 'polyllm-e2e-keys-'));
+  tmpDirs.push(keyDir);
+  const secret = 'e2e-secret-key-4c1d';
+  const keysFile = path.join(keyDir, 'keys.toml');
+  writeFileSync(keysFile, `[[key]]\nname = "e2e"\nsha256 = "${createHash('sha256').update(secret).digest('hex')}"\n`);
+  const keyedPort = await freePort();
+  const keyed = start('router-keyed', bin('router'), [
+    '--host', '127.0.0.1',
+    '--port', String(keyedPort),
+    '--backends', JSON.stringify({ m1: `http://127.0.0.1:${infPort}` }),
+    '--ui-dir', path.join(uiDir, 'dist'),
+    '--health-interval-ms', '500',
+    '--api-keys', keysFile,
+  ]);
+  const keyedBase = `http://127.0.0.1:${keyedPort}`;
+  await waitFor('keyed router to see m1 healthy', async () => {
+    const b = await (await fetch(`${keyedBase}/backends`)).json();
+    return b.backends?.some((x) => x.id === 'm1' && x.healthy);
+  }, 60_000, keyed);
+  const kp = await browser.newPage();
+  await kp.goto(keyedBase + '/');
+  await kp.getByRole('textbox', { name: 'Prompt' }).fill('The capital of Italy is');
+  await kp.getByLabel('Max tokens').fill('4');
+  await kp.getByRole('button', { name: 'Submit' }).click();
+  const authAlert = kp.getByRole('alert');
+  await authAlert.waitFor({ timeout: 15_000 });
+  const authText = await authAlert.textContent();
+  check(/Not authorized: .*API key/.test(authText), `a missing key is explained: ${authText}`);
+  await kp.getByLabel('API key').fill(secret);
+  await kp.getByRole('button', { name: 'Submit' }).click();
+  await kp.locator('[data-testid=run] [data-testid=metrics]').first().waitFor({ timeout: answerTimeout });
+  check(true, 'with the key typed in, the keyed router answers');
+  await kp.reload();
+  check((await kp.getByLabel('API key').inputValue()) === secret, 'the key is remembered across a reload');
+  await kp.screenshot({ path: path.join(results, 'e2e-apikey.png'), fullPage: true });
+  log('screenshots: ui/test-results/e2e.png, e2e-narrow.png, e2e-ratelimit.png, e2e-apikey.png');
 }
 
 let code = 0;

@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useReducer, useRef, useState } from 'react';
-import { fetchBackends, fetchLastStats, streamGenerate, type BackendView, type GenerateParams, type Prefer } from './api';
+import { fetchBackends, fetchLastStats, setApiKey, streamGenerate, type BackendView, type GenerateParams, type Prefer } from './api';
 import {
   backendAvailability,
   busy,
@@ -19,6 +19,15 @@ import {
 } from './state';
 
 const BACKENDS_POLL_MS = 3000;
+const API_KEY_STORAGE = 'polyllm.apiKey';
+
+function storedApiKey(): string {
+  try {
+    return window.localStorage.getItem(API_KEY_STORAGE) ?? '';
+  } catch {
+    return '';
+  }
+}
 
 function fmt(v: number | null | undefined, digits = 0, unit = ''): string {
   if (v === null || v === undefined || !Number.isFinite(v)) return '–';
@@ -37,6 +46,16 @@ function useNow(active: boolean): number {
 
 export function App() {
   const [s, dispatch] = useReducer(reducer, initialState);
+  const [apiKey, setApiKeyState] = useState(storedApiKey);
+  useEffect(() => {
+    setApiKey(apiKey);
+    try {
+      if (apiKey) window.localStorage.setItem(API_KEY_STORAGE, apiKey);
+      else window.localStorage.removeItem(API_KEY_STORAGE);
+    } catch {
+      /* storage unavailable: the key lives for this page only */
+    }
+  }, [apiKey]);
   const abort = useRef<AbortController | null>(null);
   const now = useNow(s.retryAt !== undefined);
   const rateLimited = s.retryAt !== undefined && now < s.retryAt;
@@ -183,6 +202,17 @@ export function App() {
                   step={0.05}
                   value={s.form.temp}
                   onChange={(e) => dispatch({ type: 'form', patch: { temp: e.target.valueAsNumber } })}
+                />
+              </div>
+              <div className="field">
+                <label htmlFor="api-key">API key</label>
+                <input
+                  id="api-key"
+                  type="password"
+                  autoComplete="off"
+                  placeholder="only if the router needs one"
+                  value={apiKey}
+                  onChange={(e) => setApiKeyState(e.target.value)}
                 />
               </div>
             </div>

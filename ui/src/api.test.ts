@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { classify, parseRetryAfter, streamGenerate, type ApiError, type DoneEvent, type RouteEvent } from './api';
+import { authHeaders, classify, parseRetryAfter, setApiKey, streamGenerate, type ApiError, type DoneEvent, type RouteEvent } from './api';
 
 function sse(chunks: string[], opts: { error?: Error } = {}): Response {
   const enc = new TextEncoder();
@@ -110,9 +110,38 @@ describe('helpers', () => {
 
   it('classifies errors', () => {
     expect(classify(429, undefined)).toBe('rate_limited');
+    expect(classify(401, 'missing_api_key')).toBe('auth');
+    expect(classify(401, undefined)).toBe('auth');
     expect(classify(503, 'backend_unavailable')).toBe('backend');
     expect(classify(400, 'invalid_request_error')).toBe('invalid');
     expect(classify(500, 'internal_error')).toBe('server');
     expect(classify(undefined, 'backend_error')).toBe('backend');
+  });
+});
+
+describe('API key', () => {
+  it('is sent as a bearer token only when set', async () => {
+    setApiKey('');
+    expect(authHeaders()).toEqual({});
+    setApiKey('  k-123 ');
+    expect(authHeaders()).toEqual({ authorization: 'Bearer k-123' });
+    let sent: Record<string, string> = {};
+    const f = async (_url: string, init: RequestInit) => {
+      sent = init.headers as Record<string, string>;
+      return new Response(JSON.stringify({ error: { type: 'invalid_api_key', message: 'the API key is not accepted' } }), {
+        status: 401,
+        headers: { 'content-type': 'application/json' },
+      });
+    };
+    const errors: ApiError[] = [];
+    await streamGenerate(
+      { prompt: 'hi', max_tokens: 4, temp: 0, prefer_backend: 'auto' },
+      { onRoute: () => {}, onToken: () => {}, onDone: () => {}, onError: (e) => errors.push(e) },
+      undefined,
+      f as unknown as typeof fetch,
+    );
+    expect(sent.authorization).toBe('Bearer k-123');
+    expect(errors.map((e) => e.kind)).toEqual(['auth']);
+    setApiKey('');
   });
 });

@@ -81,7 +81,7 @@ export interface LastRequestStats {
   error?: { message: string; type: string } | null;
 }
 
-export type ErrorKind = 'rate_limited' | 'backend' | 'network' | 'invalid' | 'server';
+export type ErrorKind = 'rate_limited' | 'auth' | 'backend' | 'network' | 'invalid' | 'server';
 
 export interface ApiError {
   kind: ErrorKind;
@@ -111,9 +111,22 @@ export function parseRetryAfter(v: string | null, now = Date.now()): number | un
   return Math.max(0, Math.ceil((t - now) / 1000));
 }
 
+let apiKey = '';
+
+/** The API key sent with every model request (a router started with `--api-keys` needs one). */
+export function setApiKey(key: string): void {
+  apiKey = key.trim();
+}
+
+/** `Authorization: Bearer <key>` when a key is set. */
+export function authHeaders(): Record<string, string> {
+  return apiKey ? { authorization: `Bearer ${apiKey}` } : {};
+}
+
 /** Turns the router's error type and HTTP status into the page's kinds of error. */
 export function classify(status: number | undefined, type: string | undefined): ErrorKind {
   if (status === 429 || type === 'rate_limit_exceeded') return 'rate_limited';
+  if (status === 401 || type === 'missing_api_key' || type === 'invalid_api_key') return 'auth';
   if (type === 'backend_unavailable' || type === 'backend_error' || status === 502 || status === 503 || status === 504)
     return 'backend';
   if (status !== undefined && status >= 400 && status < 500) return 'invalid';
@@ -154,7 +167,7 @@ export async function streamGenerate(
   try {
     resp = await fetchFn('/generate', {
       method: 'POST',
-      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream', ...authHeaders() },
       body: JSON.stringify({ ...params, stream: true }),
       signal,
     });
@@ -217,7 +230,7 @@ export async function fetchBackends(fetchFn: typeof fetch = fetch): Promise<Back
 }
 
 export async function fetchLastStats(fetchFn: typeof fetch = fetch): Promise<LastRequestStats | null> {
-  const r = await fetchFn('/last_request_stats', { headers: { accept: 'application/json' } });
+  const r = await fetchFn('/last_request_stats', { headers: { accept: 'application/json', ...authHeaders() } });
   if (r.status === 404) return null;
   if (!r.ok) throw new Error(`/last_request_stats answered ${r.status}`);
   return r.json();

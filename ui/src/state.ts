@@ -214,6 +214,8 @@ export function errorText(e: ApiError, now = Date.now(), retryAt?: number): stri
       const secs = retryAt !== undefined ? Math.max(0, Math.ceil((retryAt - now) / 1000)) : (e.retryAfter ?? 1);
       return secs > 0 ? `Rate limited: too many requests. Retry in ${secs} s.` : 'Rate limited: you can retry now.';
     }
+    case 'auth':
+      return `Not authorized: ${e.message}. Enter an API key accepted by this router.`;
     case 'backend':
       return `Backend failure: ${e.message}`;
     case 'network':
