@@ -67,14 +67,6 @@ impl Linear {
             Kernels::Fast => Linear::Candle(QMatMul::from_qtensor(t)?),
         })
     }
-
-    /// Bytes of weights held by our kernels' copies (0 for candle-only matrices).
-    pub fn q8_bytes(&self) -> usize {
-        match self {
-            Linear::Q8(w) => w.bytes(),
-            Linear::Candle(_) => 0,
-        }
-    }
 }
 
 fn q8_forward(w: &Q8Matrix, x: &Tensor) -> Result<Tensor> {

@@ -89,11 +89,6 @@ impl Q8Matrix {
         self.k
     }
 
-    /// Bytes held (quants plus f32 scales).
-    pub fn bytes(&self) -> usize {
-        self.q.len() + self.d.len() * 4
-    }
-
     /// The weights as f32 (for tests).
     pub fn dequantize(&self) -> Vec<f32> {
         self.q.iter().enumerate().map(|(i, &q)| q as f32 * self.d[i / QK]).collect()
