@@ -14,6 +14,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    /// The client did not send its request body in time.
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     ModelNotFound(String),
     #[error("rate limit exceeded")]
@@ -33,6 +36,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -45,6 +49,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::Unprocessable(_) => "invalid_request_error",
             ApiError::TooLarge(_) => "request_too_large",
+            ApiError::Timeout(_) => "request_timeout",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::RateLimited { .. } => "rate_limit_exceeded",
             ApiError::NoBackend(_) => "backend_unavailable",

@@ -3,11 +3,12 @@
 //! (chosen by a [`policy::RoutingPolicy`]), falls back when a backend fails, and exposes
 //! everything to Prometheus.
 //!
-//! Request path: [`server`] (routes, CORS) → [`auth`] (API keys, when required) → [`generate`] / [`openai`] (parse, format) → [`pipeline`]
+//! Request path: [`bounds`] (connection, header and body limits) → [`server`] (routes, CORS) → [`auth`] (API keys, when required) → [`generate`] / [`openai`] (parse, format) → [`pipeline`]
 //! (rate limit, cache, route) → [`proxy`] (relay and fallback cascade).
 pub mod admin;
 pub mod auth;
 pub mod backends;
+pub mod bounds;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -27,7 +28,7 @@ pub mod server;
 pub mod state;
 pub mod validation;
 
-use std::net::SocketAddr;
+use std::time::Duration;
 use std::sync::Arc;
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight requests.
@@ -36,16 +37,15 @@ pub async fn serve(
     state: Arc<state::AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     state.spawn_background();
     let app = server::router(state.clone());
-    // SSE is many small writes: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let c = &state.config;
+    let limits = bounds::ConnLimits {
+        max_connections: c.max_connections,
+        header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
+        max_header_bytes: c.max_header_bytes as usize,
+    };
+    bounds::serve(listener, app, limits, state.metrics.clone(), shutdown).await?;
     state.shutdown();
     Ok(())
 }

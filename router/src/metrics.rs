@@ -21,6 +21,8 @@ pub struct Metrics {
     pub backend_healthy: IntGaugeVec,
     pub backend_in_flight: IntGaugeVec,
     pub reqlog_dropped: IntCounter,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounter,
     log_dropped: IntGauge,
 }
 
@@ -90,6 +92,12 @@ impl Metrics {
             backend_healthy: gauge_vec(&r, "router_backend_healthy", "1 when the backend passes its health check", &["backend"]),
             backend_in_flight: gauge_vec(&r, "router_backend_in_flight", "Requests in flight per backend", &["backend"]),
             reqlog_dropped: counter(&r, "router_response_log_dropped_total", "Response-log records dropped (writer behind)"),
+            connections_open: {
+                let g = IntGauge::new("router_connections_open", "Client connections open now").expect("metric");
+                r.register(Box::new(g.clone())).expect("register");
+                g
+            },
+            connections_refused: counter(&r, "router_connections_refused_total", "Connections refused (503) because --max-connections were open"),
             log_dropped: {
                 let g = IntGauge::new("router_log_lines_dropped", "Log lines dropped since start (log writer behind)").expect("metric");
                 r.register(Box::new(g.clone())).expect("register");

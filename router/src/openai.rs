@@ -150,7 +150,8 @@ impl Common {
     }
 }
 
-fn chat_request(body: &[u8], limits: Limits) -> Result<(RouterRequest, bool), ApiError> {
+/// A `/v1/chat/completions` body as the router's request, and whether the usage goes into the stream.
+pub fn chat_request(body: &[u8], limits: Limits) -> Result<(RouterRequest, bool), ApiError> {
     let req: ChatCompletionRequest = parse_json(body)?;
     let c = &req.common;
     let max_tokens = c.check()?;
@@ -204,7 +205,8 @@ fn chat_request(body: &[u8], limits: Limits) -> Result<(RouterRequest, bool), Ap
     ))
 }
 
-fn completion_request(body: &[u8], limits: Limits) -> Result<(RouterRequest, bool), ApiError> {
+/// A `/v1/completions` body as the router's request, and whether the usage goes into the stream.
+pub fn completion_request(body: &[u8], limits: Limits) -> Result<(RouterRequest, bool), ApiError> {
     let req: CompletionRequest = parse_json(body)?;
     let c = &req.common;
     let max_tokens = c.check()?;

@@ -20,6 +20,10 @@ use tower_http::services::{ServeDir, ServeFile};
 
 pub fn router(st: Arc<AppState>) -> Router {
     let max_body = st.config.max_body_bytes;
+    let body_limits = crate::bounds::BodyLimits {
+        timeout: std::time::Duration::from_millis(st.config.body_read_timeout_ms),
+        max_bytes: max_body,
+    };
     let ui = st.config.ui_dir.clone();
     let admin_on = st.config.admin_token.as_deref().is_some_and(|t| !t.is_empty());
     let keyed = Router::new()
@@ -42,7 +46,10 @@ pub fn router(st: Arc<AppState>) -> Router {
             .route("/admin/reset_stats", post(crate::admin::reset_stats));
     }
     let cors = cors_layer(&st.config.cors_origins);
-    let api = api.with_state(st);
+    // Every route's body is read within the deadline and the size limit before its handler runs.
+    let api = api
+        .layer(axum::middleware::from_fn_with_state(body_limits, crate::bounds::body_deadline))
+        .with_state(st);
     let api = match cors {
         Some(c) => api.layer(c),
         None => api,
