@@ -110,6 +110,7 @@ async fn stream(client: &reqwest::Client, target: &Target, body: &RouterGenerate
             let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
             match ev.event.as_str() {
                 "route" => {
+                    rec.routes += 1;
                     set_str(&mut rec.request_id, &v["request_id"]);
                     set_str(&mut rec.model, &v["model"]);
                     set_str(&mut rec.backend, &v["backend"]);

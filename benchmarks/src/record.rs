@@ -45,6 +45,10 @@ pub struct RequestRecord {
     pub device: String,
     /// The router's `cache` field was `hit`.
     pub cache_hit: bool,
+    /// Backends the router sent the request to (its `route` events): above 1 when it fell back to
+    /// another backend before the first token. Empty in runs recorded before this column existed.
+    #[serde(default)]
+    pub routes: u32,
     /// `ok`, `rate_limited`, `http_error`, `stream_error`, `transport_error` or `cancelled`.
     pub status: String,
     /// The HTTP status code (0 when no answer came).
@@ -77,6 +81,7 @@ pub const COLUMNS: &[&str] = &[
     "backend",
     "device",
     "cache_hit",
+    "routes",
     "status",
     "http_status",
     "error",

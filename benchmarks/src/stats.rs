@@ -127,6 +127,51 @@ pub fn summarize(records: &[RequestRecord]) -> Vec<SummaryRow> {
     out
 }
 
+/// One row of `outcomes.csv`: how many requests ended each way (fault runs read this).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRow {
+    /// `ok`, `rate_limited`, `http_error`, `stream_error`, `transport_error` or `cancelled`.
+    pub status: String,
+    /// The HTTP status of the answer (0 when none came).
+    pub http_status: u16,
+    pub count: usize,
+    /// Of these, requests the router moved to another backend before their first token.
+    pub fell_back: usize,
+    /// Of these, requests that got at least one token before they ended.
+    pub got_tokens: usize,
+    /// The longest of these requests took, client-side (ms).
+    pub max_latency_ms: Option<f64>,
+    /// The most common error message among them (empty for `ok`).
+    pub example_error: String,
+}
+
+/// The requests of a run counted by how they ended, in order of status then HTTP status.
+pub fn outcomes(records: &[RequestRecord]) -> Vec<OutcomeRow> {
+    let mut groups: BTreeMap<(String, u16), Vec<&RequestRecord>> = BTreeMap::new();
+    for r in records {
+        groups.entry((r.status.clone(), r.http_status)).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|((status, http_status), rs)| {
+            let mut msgs: BTreeMap<&str, usize> = BTreeMap::new();
+            for r in rs.iter().filter(|r| !r.error.is_empty()) {
+                *msgs.entry(r.error.as_str()).or_default() += 1;
+            }
+            let example_error = msgs.into_iter().max_by_key(|(m, n)| (*n, std::cmp::Reverse(*m))).map(|(m, _)| m.to_string());
+            OutcomeRow {
+                status,
+                http_status,
+                count: rs.len(),
+                fell_back: rs.iter().filter(|r| r.routes > 1).count(),
+                got_tokens: rs.iter().filter(|r| r.ttft_ms.is_some()).count(),
+                max_latency_ms: rs.iter().filter_map(|r| r.latency_ms).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))).map(r3),
+                example_error: example_error.unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
 /// A fixed-width text table of the summary, for the terminal.
 pub fn table(rows: &[SummaryRow]) -> String {
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.0}"));
@@ -159,6 +204,36 @@ pub fn table(rows: &[SummaryRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(status: &str, http: u16, routes: u32, ttft: Option<f64>, lat: f64, err: &str) -> RequestRecord {
+        RequestRecord {
+            status: status.into(),
+            http_status: http,
+            routes,
+            ttft_ms: ttft,
+            latency_ms: Some(lat),
+            error: err.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn outcomes_count_each_ending() {
+        let recs = [
+            rec("ok", 200, 1, Some(5.0), 100.0, ""),
+            rec("ok", 200, 2, Some(50.0), 300.0, ""),
+            rec("stream_error", 200, 1, Some(9.0), 120.0, "backend m1 failed"),
+            rec("stream_error", 200, 1, None, 40.0, "backend m1 failed"),
+            rec("stream_error", 200, 1, None, 30.0, "other"),
+            rec("http_error", 503, 0, None, 2.0, "no backend"),
+        ];
+        let o = outcomes(&recs);
+        let keys: Vec<(&str, u16, usize)> = o.iter().map(|r| (r.status.as_str(), r.http_status, r.count)).collect();
+        assert_eq!(keys, [("http_error", 503, 1), ("ok", 200, 2), ("stream_error", 200, 3)]);
+        assert_eq!((o[1].fell_back, o[1].got_tokens, o[1].max_latency_ms), (1, 2, Some(300.0)));
+        assert_eq!((o[2].fell_back, o[2].got_tokens, o[2].example_error.as_str()), (0, 1, "backend m1 failed"));
+        assert_eq!(o[0].example_error, "no backend");
+    }
 
     #[test]
     fn nearest_rank() {

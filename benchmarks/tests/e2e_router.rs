@@ -143,6 +143,7 @@ fn short_real_run_through_router_and_inference() {
         assert_eq!(r.device, "cpu");
         assert!(!r.request_id.is_empty());
         assert!(!r.cache_hit, "no seed is sent, so nothing is cacheable");
+        assert_eq!(r.routes, 1, "one healthy backend: no fallback");
         let (ttft, lat) = (r.ttft_ms.unwrap(), r.latency_ms.unwrap());
         assert!(ttft > 0.0 && ttft <= lat, "{r:?}");
         let n = r.completion_tokens.unwrap();

@@ -20,6 +20,8 @@ fn recorded_requests_csv_has_the_schema() {
     let recs = record::read_requests(&fixture()).unwrap();
     assert_eq!(recs.len(), 7);
     assert!(recs[2].cache_hit);
+    assert_eq!(recs[1].routes, 2, "r2 fell back once before its first token");
+    assert_eq!(recs[5].routes, 0);
     assert_eq!(recs[3].ttft_ms, None);
     assert_eq!(recs[5].http_status, 429);
 }

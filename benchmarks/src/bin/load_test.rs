@@ -1,7 +1,7 @@
 //! `load_test`: puts a realistic load on the polyllm router and leaves CSVs, a summary and plots.
 //!
 //! Every request is streamed (SSE) and measured client-side. Results go to `--out`:
-//! `requests.csv` (one row per request), `summary.csv` (per concurrency point and model),
+//! `requests.csv` (one row per request), `summary.csv` (per concurrency point and model), `outcomes.csv` (requests counted by how they ended),
 //! `run.json` (the command and settings), the figures as PNG and SVG, and with `--prometheus`
 //! `prometheus.csv` / `prometheus_summary.csv`.
 use anyhow::{bail, Context, Result};
@@ -295,6 +295,8 @@ async fn run() -> Result<i32> {
     let measured: Vec<RequestRecord> = records.iter().filter(|r| r.status != STATUS_CANCELLED).cloned().collect();
     let rows = stats::summarize(&measured);
     record::write_csv(&args.out.join("summary.csv"), &rows)?;
+    let outcomes = stats::outcomes(&records);
+    record::write_csv(&args.out.join("outcomes.csv"), &outcomes)?;
 
     let mut meta = serde_json::json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -306,6 +308,7 @@ async fn run() -> Result<i32> {
         "prefer_backend": format!("{:?}", args.prefer_backend).to_lowercase(),
         "model": args.model,
         "max_tokens": args.max_tokens,
+        "timeout_s": args.timeout,
         "temp": args.temp,
         "seed": args.seed,
         "repeat_prompts": args.repeat_prompts,
@@ -318,6 +321,17 @@ async fn run() -> Result<i32> {
     });
 
     println!("{}", stats::table(&rows));
+    for o in &outcomes {
+        println!(
+            "outcome {:<16} http {:>3}: {:>5} (fell back {}, got tokens {}){}",
+            o.status,
+            o.http_status,
+            o.count,
+            o.fell_back,
+            o.got_tokens,
+            if o.example_error.is_empty() { String::new() } else { format!(" e.g. {:?}", o.example_error) }
+        );
+    }
     println!("results in {}", args.out.display());
 
     if let Some(p) = &args.prometheus {
