@@ -107,7 +107,8 @@ fn usage(s: &DoneStats) -> Value {
 }
 
 impl Common {
-    fn sampling(&self) -> Result<SamplingInput, ApiError> {
+    /// The sampling fields, before [`validation::sampling`] checks them.
+    pub fn sampling(&self) -> Result<SamplingInput, ApiError> {
         if self.n.unwrap_or(1) != 1 {
             return Err(ApiError::BadRequest("only n = 1 is supported".into()));
         }
@@ -203,40 +204,46 @@ async fn run(st: SharedState, common: Common, prompt: PromptInput, kind: Kind, r
     Ok(Sse::new(stream).into_response())
 }
 
-pub async fn chat_completions(State(st): State<SharedState>, body: Result<ValidJson<ChatCompletionRequest>, ApiError>) -> Result<Response, ApiError> {
-    let received = Instant::now();
-    let ValidJson(req) = body.inspect_err(|e| st.refused(e))?;
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for m in req.messages {
+/// A chat request's messages as the template's input: text content, or its text parts joined;
+/// any other part type is refused.
+pub fn chat_messages(messages: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
+    let mut out = Vec::with_capacity(messages.len());
+    for m in messages {
         let content = match m.content {
             None => String::new(),
             Some(Content::Text(t)) => t,
             Some(Content::Parts(parts)) => {
                 if let Some(p) = parts.iter().find(|p| p.kind != "text") {
-                    let e = ApiError::BadRequest(format!("content part type {:?} is not supported", p.kind));
-                    st.refused(&e);
-                    return Err(e);
+                    return Err(ApiError::BadRequest(format!("content part type {:?} is not supported", p.kind)));
                 }
                 parts.into_iter().filter_map(|p| p.text).collect::<Vec<_>>().join("")
             }
         };
-        messages.push(Message { role: m.role, content });
+        out.push(Message { role: m.role, content });
     }
+    Ok(out)
+}
+
+/// A completion request's prompt: one string, or a list of exactly one.
+pub fn completion_prompt(prompt: PromptSpec) -> Result<String, ApiError> {
+    match prompt {
+        PromptSpec::One(p) => Ok(p),
+        PromptSpec::Many(mut v) if v.len() == 1 => Ok(v.remove(0)),
+        PromptSpec::Many(_) => Err(ApiError::BadRequest("exactly one prompt per request is supported".into())),
+    }
+}
+
+pub async fn chat_completions(State(st): State<SharedState>, body: Result<ValidJson<ChatCompletionRequest>, ApiError>) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let ValidJson(req) = body.inspect_err(|e| st.refused(e))?;
+    let messages = chat_messages(req.messages).inspect_err(|e| st.refused(e))?;
     run(st, req.common, PromptInput::Chat(messages), Kind::Chat, received).await
 }
 
 pub async fn completions(State(st): State<SharedState>, body: Result<ValidJson<CompletionRequest>, ApiError>) -> Result<Response, ApiError> {
     let received = Instant::now();
     let ValidJson(req) = body.inspect_err(|e| st.refused(e))?;
-    let prompt = match req.prompt {
-        PromptSpec::One(p) => p,
-        PromptSpec::Many(mut v) if v.len() == 1 => v.remove(0),
-        PromptSpec::Many(_) => {
-            let e = ApiError::BadRequest("exactly one prompt per request is supported".into());
-            st.refused(&e);
-            return Err(e);
-        }
-    };
+    let prompt = completion_prompt(req.prompt).inspect_err(|e| st.refused(e))?;
     run(st, req.common, PromptInput::Text(prompt), Kind::Completion, received).await
 }
 

@@ -50,6 +50,19 @@ pub struct SamplingInput {
     pub stop: Vec<String>,
 }
 
+impl From<&GenerateRequest> for SamplingInput {
+    fn from(req: &GenerateRequest) -> Self {
+        SamplingInput {
+            max_tokens: req.max_tokens,
+            temperature: req.temp,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            seed: req.seed,
+            stop: req.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        }
+    }
+}
+
 /// What to feed the model: raw text, or chat messages for the model's template.
 pub enum PromptInput {
     Text(String),
@@ -136,14 +149,7 @@ pub fn prompt_ids(engine: &Engine, prompt: &PromptInput, max_tokens: usize) -> R
 
 /// `/generate`: the request as a job, and whether to stream.
 pub fn generate_job(engine: &Engine, req: GenerateRequest, received: Instant) -> Result<(Job, bool), ApiError> {
-    let input = SamplingInput {
-        max_tokens: req.max_tokens,
-        temperature: req.temp,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        seed: req.seed,
-        stop: req.stop.map(|s| s.into_vec()).unwrap_or_default(),
-    };
+    let input = SamplingInput::from(&req);
     if req.prompt.is_empty() {
         return Err(bad("prompt must not be empty"));
     }
