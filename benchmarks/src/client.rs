@@ -20,9 +20,13 @@ pub struct Target {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum After {
     Continue,
-    /// The router asked to wait (429 Retry-After).
+    /// Wait before the next request: the router asked to (429 or 503 with Retry-After), or could not
+    /// be reached.
     Wait(Duration),
 }
+
+/// The pause after a request that could not reach the router at all.
+pub const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(500);
 
 fn ms(d: Duration) -> f64 {
     r3(d.as_secs_f64() * 1000.0)
@@ -68,7 +72,9 @@ async fn stream(client: &reqwest::Client, target: &Target, body: &RouterGenerate
         Err(e) => {
             rec.status = STATUS_TRANSPORT_ERROR.into();
             rec.error = format!("{e:#}");
-            return After::Continue;
+            // The router is unreachable (restarting, say): back off as a real client would, instead of
+            // sending the next request at once in a tight loop.
+            return After::Wait(UNREACHABLE_BACKOFF);
         }
     };
     let status = resp.status();
@@ -90,7 +96,11 @@ async fn stream(client: &reqwest::Client, target: &Target, body: &RouterGenerate
             return After::Wait(Duration::from_secs_f64(retry.unwrap_or(1.0).clamp(0.0, 60.0)));
         }
         rec.status = STATUS_HTTP_ERROR.into();
-        return After::Continue;
+        // A 503 with Retry-After (no healthy backend, a full queue) is honored too.
+        return match retry {
+            Some(secs) => After::Wait(Duration::from_secs_f64(secs.clamp(0.0, 60.0))),
+            None => After::Continue,
+        };
     }
     let mut parser = SseParser::new();
     let mut bytes = resp.bytes_stream();

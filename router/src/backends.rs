@@ -289,6 +289,12 @@ impl Registry {
         self.backends.iter().map(|b| b.view()).collect()
     }
 
+    /// Polls every backend's `/health` once, all at once (at most `timeout`).
+    pub async fn check_all(&self, client: &reqwest::Client, timeout: Duration, metrics: &Metrics) {
+        let checks = self.backends.iter().map(|b| check_one(client, b, timeout, metrics));
+        futures::future::join_all(checks).await;
+    }
+
     /// Polls every backend's `/health` now and then every `interval`, until the process ends.
     pub fn spawn_health_checker(
         self: &Arc<Self>,
@@ -303,8 +309,7 @@ impl Registry {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let checks = reg.backends.iter().map(|b| check_one(&client, b, timeout, &metrics));
-                futures::future::join_all(checks).await;
+                reg.check_all(&client, timeout, &metrics).await;
             }
         })
     }

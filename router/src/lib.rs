@@ -37,9 +37,12 @@ pub async fn serve(
     state: Arc<state::AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let c = &state.config;
+    // Learn which backends are up before the first request is read, so that a router that has just
+    // (re)started does not answer "no healthy backend" for its first moments.
+    state.registry.check_all(&state.client, Duration::from_millis(c.health_timeout_ms), &state.metrics).await;
     state.spawn_background();
     let app = server::router(state.clone());
-    let c = &state.config;
     let limits = bounds::ConnLimits {
         max_connections: c.max_connections,
         header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
