@@ -5,8 +5,8 @@
 //! - Headers: a request's header block must arrive within `--header-read-timeout-ms` (slowloris)
 //!   and fit in `--max-header-bytes` (hyper answers 431 otherwise). The same deadline closes a
 //!   keep-alive connection that sits idle between requests, so idle sockets cannot pile up.
-//! - Bodies: [`body_deadline`] reads the whole body within `--body-read-timeout-ms` and at most
-//!   `--max-body-bytes`, answering 408 or 413 (JSON) otherwise, before any handler runs.
+//! - Bodies: [`body_deadline`] reads the whole body within `--body-read-timeout-ms` (408 JSON
+//!   otherwise) and never more than one byte over `--max-body-bytes` (the handler answers 413).
 //!
 //! Connections are HTTP/1.1 (hyper's http1 server; clients and the UI speak it). On shutdown the
 //! listener closes and in-flight requests are drained.
@@ -16,7 +16,9 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use axum::http::HeaderValue;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -125,19 +127,42 @@ async fn refuse(mut tcp: TcpStream) {
     .await;
 }
 
-/// Middleware: reads the whole request body within the deadline and the size limit, then hands
-/// the buffered body on. A slow or oversized body never reaches a handler.
+/// Middleware: reads the request body within the deadline, then hands the buffered body on. At most
+/// `max_bytes + 1` bytes are read: a longer body reaches the handler one byte over the limit, so it
+/// is refused there (413) like any other oversized body. A slow body never reaches a handler: it gets
+/// 408 here.
 pub async fn body_deadline(State(limits): State<BodyLimits>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let read = Limited::new(body, limits.max_bytes).collect();
-    match tokio::time::timeout(limits.timeout, read).await {
-        Ok(Ok(collected)) => next.run(Request::from_parts(parts, Body::from(collected.to_bytes()))).await,
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => ApiError::TooLarge(limits.max_bytes).into_response(),
-        Ok(Err(e)) => ApiError::BadRequest(format!("could not read the request body: {e}")).into_response(),
-        Err(_) => ApiError::Timeout(format!(
+    match tokio::time::timeout(limits.timeout, read_capped(body, limits.max_bytes.saturating_add(1))).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(e)) => with_request_id(ApiError::BadRequest(format!("could not read the request body: {e}"))),
+        Err(_) => with_request_id(ApiError::Timeout(format!(
             "request body not received within {} ms",
             limits.timeout.as_millis()
-        ))
-        .into_response(),
+        ))),
     }
+}
+
+/// The first `cap` bytes of `body` (all of it when shorter).
+async fn read_capped(body: Body, cap: usize) -> Result<Bytes, axum::Error> {
+    let mut data = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk?;
+        let room = cap - buf.len();
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if buf.len() >= cap {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// An error answered here, before a handler gave the request its id: it gets one too.
+fn with_request_id(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
 }
