@@ -2,6 +2,8 @@
 //! the JSON shapes on the wire ([`wire`]), the server-sent-events framing ([`sse`]) and the
 //! backend catalog ([`catalog`]).
 pub mod catalog;
+#[cfg(feature = "server")]
+pub mod listener;
 pub mod sse;
 pub mod wire;
 pub mod features;

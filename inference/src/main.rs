@@ -124,8 +124,12 @@ async fn serve(cfg: Config) -> Result<()> {
         }
     });
 
-    axum::serve(listener, server::router(state, cfg.max_body_bytes).into_make_service())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let limits = polyllm_common::listener::ConnLimits {
+        max_connections: cfg.max_connections,
+        header_read_timeout: std::time::Duration::from_millis(cfg.header_read_timeout_ms),
+        max_header_bytes: cfg.max_header_bytes as usize,
+    };
+    let observer = Arc::new(polyllm_common::listener::NoObserver);
+    polyllm_common::listener::serve(listener, server::router(state, cfg.max_body_bytes), limits, observer, shutdown_signal()).await?;
     Ok(())
 }

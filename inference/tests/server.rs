@@ -146,6 +146,51 @@ async fn disconnect_frees_the_slot_and_full_queue_is_503() {
     assert_eq!(r.status(), 200, "the freed slot did not take a new request");
 }
 
+/// The service's listener bounds idle, slow and oversized clients like the router's (the shared
+/// accept loop): connections over `--max-connections` get a JSON 503, idle ones are closed at the
+/// header deadline, and a huge header block gets 431.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_slow_and_huge_clients_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let s = Server::start(GEMMA, "m1", &["--max-connections", "20", "--header-read-timeout-ms", "5000"]).await;
+    async fn read_all(c: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut out)).await.expect("the server closed the connection");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(("127.0.0.1", s.port)).await.unwrap());
+    }
+    // Once the service has taken in the 20 idle connections, a new one is refused. (A probe that
+    // still got a slot is closed by us at once, freeing it, and we try again.)
+    let t0 = Instant::now();
+    let answer = loop {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let answer = read_all(&mut c).await;
+        if answer.starts_with("HTTP/1.1 503") || t0.elapsed() > Duration::from_secs(4) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains(r#""type":"overloaded""#), "{answer}");
+    // The idle connections are closed by the server at the header deadline; then it serves again.
+    let t0 = Instant::now();
+    for mut c in idle {
+        read_all(&mut c).await;
+    }
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    let big = "a".repeat(100 * 1024);
+    let _ = c.write_all(format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes()).await;
+    assert!(read_all(&mut c).await.starts_with("HTTP/1.1 431"));
+    let r = reqwest::get(format!("{}/health", s.url)).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// The instruct model stops at its end-of-turn token, and answers a chat question sensibly.
 #[tokio::test(flavor = "multi_thread")]
 async fn qwen_chat_stops_at_end_of_turn() {

@@ -1,0 +1,125 @@
+//! The accept loop every polyllm HTTP service runs, and the bounds it puts on what one client may
+//! hold (feature `server`):
+//!
+//! - Connections: at most `max_connections` open at once. One more is answered at once with a 503
+//!   JSON body (`{"error": {"type": "overloaded"}}`) and closed.
+//! - Headers: a request's header block must arrive within `header_read_timeout` (slowloris) and fit
+//!   in `max_header_bytes` and [`MAX_HEADERS`] fields (hyper answers 431 otherwise). The same deadline
+//!   closes a keep-alive connection that sits idle between requests, so idle sockets cannot pile up.
+//!
+//! Connections are HTTP/1.1 (hyper's http1 server). Each request carries the peer address as axum's
+//! `ConnectInfo<SocketAddr>`. On shutdown the listener closes and in-flight requests are drained.
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+/// Most header fields in one request; more gets 431.
+pub const MAX_HEADERS: usize = 100;
+
+/// The connection-level bounds of [`serve`].
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+/// Told about connections as they open, close or are refused (for the service's metrics).
+pub trait ConnObserver: Send + Sync + 'static {
+    fn opened(&self) {}
+    fn closed(&self) {}
+    fn refused(&self) {}
+}
+
+/// An observer that counts nothing.
+pub struct NoObserver;
+impl ConnObserver for NoObserver {}
+
+/// Accepts connections on `listener` and serves `app` on each until `shutdown` resolves; then stops
+/// accepting and waits for open requests to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnLimits,
+    observer: Arc<dyn ConnObserver>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // SSE is many small writes: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
+        let _ = tcp.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            observer.refused();
+            tokio::spawn(refuse(tcp));
+            continue;
+        };
+        let svc = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.map(Body::new)
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(svc)));
+        let observer = observer.clone();
+        observer.opened();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            observer.closed();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The answer to a connection over the limit: 503 with a JSON body, then close. What the client
+/// sent is read first and drained after (briefly), so the close does not turn into a reset that
+/// hides the answer.
+async fn refuse(mut tcp: TcpStream) {
+    const BODY: &str =
+        r#"{"error":{"message":"too many open connections; retry shortly","type":"overloaded"}}"#;
+    let msg = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let mut buf = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tcp.write_all(msg.as_bytes()).await?;
+        tcp.shutdown().await?;
+        while tcp.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
