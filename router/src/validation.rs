@@ -130,8 +130,12 @@ pub fn generate(body: &[u8], limits: Limits) -> Result<RouterRequest, ApiError> 
     check_sampling(r.max_tokens, r.temp, r.top_p, r.stop.as_ref())?;
     let preference = parse_preference(r.prefer_backend.as_deref())?;
     let chat_flag = r.chat;
+    // What goes upstream is the normalized prompt (a chat prompt is trimmed): check that too, or a
+    // blank chat prompt would pass here and be refused by the backend (found by fuzzing).
+    let prompt = normalize_prompt(&r.prompt, chat_flag == Some(true));
+    check_prompt(&prompt, "prompt", limits)?;
     let upstream = GenerateRequest {
-        prompt: normalize_prompt(&r.prompt, chat_flag == Some(true)),
+        prompt,
         max_tokens: r.max_tokens,
         temp: r.temp,
         top_p: r.top_p,
@@ -182,6 +186,8 @@ mod tests {
         assert_eq!(status(r#"{"prompt": "x", "prefer_backend": "tpu"}"#), StatusCode::BAD_REQUEST);
         assert_eq!(status(r#"{"prompt": "01234567890"}"#), StatusCode::BAD_REQUEST);
         assert_eq!(status(r#"{"prompt": "x", "stop": [""]}"#), StatusCode::BAD_REQUEST);
+        // A chat prompt is trimmed before it goes upstream: a blank one is empty.
+        assert_eq!(status(r#"{"prompt": " \n ", "chat": true}"#), StatusCode::BAD_REQUEST);
     }
 
     #[test]
