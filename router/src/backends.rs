@@ -295,7 +295,8 @@ impl Registry {
         futures::future::join_all(checks).await;
     }
 
-    /// Polls every backend's `/health` now and then every `interval`, until the process ends.
+    /// Polls every backend's `/health` every `interval`, starting one interval from now (the first
+    /// round is [`Registry::check_all`], awaited before the router serves), until the process ends.
     pub fn spawn_health_checker(
         self: &Arc<Self>,
         client: reqwest::Client,
@@ -305,7 +306,7 @@ impl Registry {
     ) -> tokio::task::JoinHandle<()> {
         let reg = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
