@@ -25,12 +25,22 @@ use tower::ServiceExt;
 /// Most header fields in one request; more gets 431.
 pub const MAX_HEADERS: usize = 100;
 
-/// The connection-level bounds of [`serve`].
-#[derive(Clone, Debug)]
+/// The connection-level bounds of [`serve`], as flags (with env fallbacks) that each service
+/// flattens into its own configuration.
+#[derive(clap::Args, Clone, Debug)]
 pub struct ConnLimits {
+    /// Most client connections open at once; one more is answered 503 (JSON) and closed.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
+
+    /// A client must send a request's whole header block within this time (ms), or the connection
+    /// is closed; it is also how long an idle keep-alive connection is kept.
+    #[arg(long = "header-read-timeout-ms", env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Largest request header block accepted (bytes, at least 8192); a larger one gets 431.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_header_bytes: u32,
 }
 
 /// Told about connections as they open, close or are refused (for the service's metrics).
@@ -57,8 +67,8 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_header_size(limits.max_header_bytes)
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .max_header_size(limits.max_header_bytes as usize)
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);

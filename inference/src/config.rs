@@ -69,18 +69,9 @@ pub struct Config {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
-    /// Most client connections open at once; one more is answered 503 (JSON) and closed.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
-    pub max_connections: usize,
-
-    /// A client must send a request's whole header block within this time (ms), or the connection
-    /// is closed; it is also how long an idle keep-alive connection is kept.
-    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
-    pub header_read_timeout_ms: u64,
-
-    /// Largest request header block accepted (bytes, at least 8192); a larger one gets 431.
-    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
-    pub max_header_bytes: u32,
+    // Connection bounds: --max-connections, --header-read-timeout-ms, --max-header-bytes.
+    #[command(flatten)]
+    pub conn: polyllm_common::listener::ConnLimits,
 
     /// Log format: `json` (for containers and log shippers) or `text`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]

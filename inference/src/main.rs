@@ -124,12 +124,7 @@ async fn serve(cfg: Config) -> Result<()> {
         }
     });
 
-    let limits = polyllm_common::listener::ConnLimits {
-        max_connections: cfg.max_connections,
-        header_read_timeout: std::time::Duration::from_millis(cfg.header_read_timeout_ms),
-        max_header_bytes: cfg.max_header_bytes as usize,
-    };
     let observer = Arc::new(polyllm_common::listener::NoObserver);
-    polyllm_common::listener::serve(listener, server::router(state, cfg.max_body_bytes), limits, observer, shutdown_signal()).await?;
+    polyllm_common::listener::serve(listener, server::router(state, cfg.max_body_bytes), cfg.conn.clone(), observer, shutdown_signal()).await?;
     Ok(())
 }

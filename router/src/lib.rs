@@ -43,12 +43,7 @@ pub async fn serve(
     state.registry.check_all(&state.client, Duration::from_millis(c.health_timeout_ms), &state.metrics).await;
     state.spawn_background();
     let app = server::router(state.clone());
-    let limits = polyllm_common::listener::ConnLimits {
-        max_connections: c.max_connections,
-        header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
-        max_header_bytes: c.max_header_bytes as usize,
-    };
-    polyllm_common::listener::serve(listener, app, limits, state.metrics.clone(), shutdown).await?;
+    polyllm_common::listener::serve(listener, app, c.conn.clone(), state.metrics.clone(), shutdown).await?;
     state.shutdown();
     Ok(())
 }
