@@ -43,6 +43,9 @@ echo "== CMake for LightGBM: ${CMAKE:-not found}"
 # One build of the whole workspace: building a single package first (`cargo run -p inference`)
 # would unify dependency features differently and compile candle twice.
 echo "== building the workspace and its tests"
+# A one-shot build gains nothing from incremental state; it only costs disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | awk 'NR==2 { print "== disk: " $4 " free" }'
 cargo build --workspace --all-targets
 
 echo "== fetching test models into ${MODELS_DIR:-models}"
