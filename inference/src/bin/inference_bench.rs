@@ -12,6 +12,7 @@ use clap::Parser;
 use inference::kernels::Kernels;
 use inference::model::{GgufHeader, Weights};
 use inference::tokenizer::GgufTokenizer;
+use polyllm_common::wire::GenerateResponse;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -41,6 +42,11 @@ struct Args {
     /// Skip llama.cpp even when its Python package is installed.
     #[arg(long)]
     no_llama_cpp: bool,
+    /// Also start the `inference` service (the binary beside this one, default kernels) on each
+    /// file and compare the tokens_per_second its `/generate` reports for the same greedy decode
+    /// with the engine's figure.
+    #[arg(long)]
+    service: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -112,6 +118,60 @@ fn ours(path: &PathBuf, args: &Args, kernels: Kernels) -> Result<(Figures, f64, 
     Ok((Figures { prefill, decode: median(rates) }, load_s, weights_mib))
 }
 
+/// The 16-token decode prompt as text, for the service.
+fn decode_prompt(path: &PathBuf) -> Result<String> {
+    let header = GgufHeader::read(path)?;
+    let tok = GgufTokenizer::from_gguf(&header.content)?;
+    let ids = tok.encode(&std::fs::read_to_string(text_path())?, false)?;
+    tok.decode(&ids[..16.min(ids.len())])
+}
+
+/// Kills the service when the measurement ends, however it ends.
+struct Service(std::process::Child);
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Median tokens_per_second reported by `/generate` (greedy, `--decode` tokens, not streamed)
+/// from the `inference` service serving `path`, and the completion length of the last call.
+fn service(path: &PathBuf, args: &Args) -> Result<(f64, u64)> {
+    let bin = std::env::current_exe()?.with_file_name("inference");
+    anyhow::ensure!(bin.exists(), "{} not built (cargo build --workspace)", bin.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _child = Service(
+        std::process::Command::new(&bin)
+            .arg("--model")
+            .arg(path)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--threads", &args.threads.to_string()])
+            .args(["--context", &(64 + args.decode).to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    let prompt = decode_prompt(path)?;
+    let base = format!("http://127.0.0.1:{port}");
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while !matches!(http.get(format!("{base}/health")).send().await, Ok(r) if r.status().is_success()) {
+            anyhow::ensure!(started.elapsed().as_secs() < 300, "the service did not become healthy in 300 s");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let body = serde_json::json!({ "prompt": prompt, "max_tokens": args.decode, "temperature": 0.0, "stream": false });
+        let (mut rates, mut completion) = (Vec::new(), 0);
+        for _ in 0..args.runs {
+            let r: GenerateResponse = http.post(format!("{base}/generate")).json(&body).send().await?.error_for_status()?.json().await?;
+            rates.push(r.stats.tokens_per_second);
+            completion = r.stats.completion_tokens as u64;
+        }
+        Ok((median(rates), completion))
+    })
+}
+
 fn llama_cpp(path: &PathBuf, args: &Args) -> Result<Option<Figures>> {
     if args.no_llama_cpp {
         return Ok(None);
@@ -153,6 +213,7 @@ fn main() -> Result<()> {
     let cols: Vec<String> = args.prefill.iter().map(|n| format!("prefill {n}")).collect();
     println!("| model | engine | {} | decode {} | load s | weights MiB |", cols.join(" | "), args.decode);
     println!("|---|---|{}---|---|---|", "---|".repeat(cols.len()));
+    let mut service_rows = Vec::new();
     for path in &models {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let reference = llama_cpp(path, &args)?;
@@ -174,6 +235,17 @@ fn main() -> Result<()> {
                 .map(|(i, (_, v))| cell(*v, reference.as_ref().map(|r| r.prefill[i].1)))
                 .collect();
             println!("| {name} | {engine} | {} | {} | {load_s:.1} | {weights_mib:.0} |", p.join(" | "), cell(f.decode, reference.as_ref().map(|r| r.decode)));
+            if args.service && kernels == Kernels::default() {
+                let (rate, completion) = service(path, &args)?;
+                service_rows.push(format!("| {name} | {:.1} | {rate:.1} | {:.3} | {completion} |", f.decode, rate / f.decode));
+            }
+        }
+    }
+    if args.service {
+        println!("\n| model | engine decode tok/s | service /generate tokens_per_second | ratio | completion tokens |");
+        println!("|---|---|---|---|---|");
+        for row in &service_rows {
+            println!("{row}");
         }
     }
     Ok(())

@@ -11,8 +11,8 @@ use q8::Q8Matrix;
 /// How the CPU multiplies weight matrices (`--kernels`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kernels {
-    /// Our Q8_0 kernels for Q8_0, Q5_0 and Q4_0 matrices (re-packed exactly, every weight kept
-    /// bit for bit); K-quant matrices keep candle's kernels (its tiled Q4_K kernel prefills as fast
+    /// Our kernels for Q8_0, Q5_0 and Q4_0 matrices (every weight kept bit for bit: Q5_0 in its
+    /// own packing, Q4_0 widened to 8 bits); K-quant matrices keep candle's kernels (its tiled Q4_K kernel prefills as fast
     /// as ours does on a Q8_0 copy, measured, and reads fewer bytes per decoded token).
     #[default]
     Fast,
@@ -34,12 +34,13 @@ fn exact_q8(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q4_0)
 }
 
-/// A Q8_0, Q5_0 or Q4_0 matrix in our layout, every weight kept exactly.
+/// A Q8_0, Q5_0 or Q4_0 matrix in our layout, every weight kept exactly (Q5_0 stays packed).
 fn to_q8(t: &QTensor) -> Result<Q8Matrix> {
     let (n, k) = t.shape().dims2()?;
     let bytes = t.data()?;
     Ok(match t.dtype() {
         GgmlDType::Q8_0 => Q8Matrix::from_ggml_q8_0(&bytes, n, k),
+        GgmlDType::Q5_0 => Q8Matrix::from_ggml_q5_0(&bytes, n, k),
         other => Q8Matrix::from_ggml_q8_0(&crate::model::parts::repack_q8_0(other, &bytes)?, n, k),
     })
 }
@@ -69,16 +70,54 @@ impl Linear {
     }
 }
 
-fn q8_forward(w: &Q8Matrix, x: &Tensor) -> Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let k = *dims.last().ok_or_else(|| candle_core::Error::Msg("matmul of a scalar".into()))?;
-    if k != w.cols() {
-        candle_core::bail!("matmul: input width {k} against a matrix of width {}", w.cols());
+/// `x` (`[.., k]`, any float type) as rows of quantized activations.
+fn q8_input(x: &Tensor, k: usize) -> Result<q8::Q8Rows> {
+    let width = *x.dims().last().ok_or_else(|| candle_core::Error::Msg("matmul of a scalar".into()))?;
+    if width != k {
+        candle_core::bail!("matmul: input width {width} against a matrix of width {k}");
     }
     let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let out = w.matmul(&q8::quantize_rows(&xs, k));
-    *dims.last_mut().unwrap() = w.rows();
+    Ok(q8::quantize_rows(&xs, k))
+}
+
+/// The product laid out like `x` with `n` in place of its last dimension.
+fn q8_output(out: Vec<f32>, n: usize, x: &Tensor) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().unwrap() = n;
     Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
+}
+
+fn q8_forward(w: &Q8Matrix, x: &Tensor) -> Result<Tensor> {
+    q8_output(w.matmul(&q8_input(x, w.cols())?), w.rows(), x)
+}
+
+impl Linear {
+    /// `x @ w^T` for each of `ws`, all of the same input width. Where every matrix is ours, `x`
+    /// is quantized once and the products share one dispatch to the worker pool; where every one
+    /// is candle's of one block type, candle's fused kernel does the same when it supports them.
+    pub fn forward_many(ws: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        if ws.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ours: Option<Vec<&Q8Matrix>> = ws.iter().map(|w| match w {
+            Linear::Q8(m) => Some(m),
+            Linear::Candle(_) => None,
+        }).collect();
+        if let Some(ms) = ours {
+            let rows = q8_input(x, ms[0].cols())?;
+            return Q8Matrix::matmul_many(&ms, &rows).into_iter().zip(&ms).map(|(out, m)| q8_output(out, m.rows(), x)).collect();
+        }
+        let theirs: Option<Vec<&QTensor>> = ws.iter().map(|w| match w {
+            Linear::Candle(QMatMul::QTensor(t)) => Some(&**t),
+            _ => None,
+        }).collect();
+        if let (Some(ts), true) = (theirs, x.is_contiguous() && x.dtype() == DType::F32) {
+            if let Some(outs) = QTensor::gemv_fused_shared_lhs(&ts, x)? {
+                return Ok(outs);
+            }
+        }
+        ws.iter().map(|w| w.forward(x)).collect()
+    }
 }
 
 impl Module for Linear {

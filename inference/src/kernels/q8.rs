@@ -1,30 +1,44 @@
-//! Q8_0 matrices in our own layout, and the CPU kernels that multiply activations by them.
+//! Q8_0-style matrices in our own layout, and the CPU kernels that multiply activations by them.
 //!
-//! A [`Q8Matrix`] keeps ggml's Q8_0 numerics (blocks of 32 signed 8-bit weights sharing one scale)
-//! but not its byte layout: the scales are stored as f32 in one array and the quants in another,
-//! so the inner loop never converts an f16 and always loads 32 aligned-in-size bytes.
+//! A [`Q8Matrix`] keeps ggml's numerics (blocks of 32 signed weights sharing one scale, weight =
+//! `d * q`) but not its byte layout: the scales are stored as f32 in one array and the quants in
+//! another, so the inner loop never converts an f16. The quants are kept in one of two forms
+//! ([`Quants`]): one i8 per weight (Q8_0 matrices, and Q4_0 widened exactly), or Q5_0's own packing
+//! (4 low bits in nibbles plus a word of fifth bits, 20 bytes per block instead of 32), unpacked in
+//! registers, so that a decode step reads 24 bytes per 32 weights instead of 36.
 //!
 //! Activations are quantized per block to Q8_0 exactly as ggml's `quantize_row_q8_0` does (scale
 //! `amax / 127` rounded to f16, quants `round(x / scale)` with the unrounded scale), so a product
-//! matches what candle's and llama.cpp's Q8_0 kernels compute up to the order of float additions.
+//! matches what candle's and llama.cpp's kernels compute up to the order of float additions; each
+//! block's integer dot product is exact in every kernel and both quant forms.
 //!
 //! [`Q8Matrix::matmul`] computes tiles of up to 4 activation rows × 4 weight rows at once: each
-//! weight block loaded from memory is used for every activation row of the tile, which is what makes
-//! prompt prefill fast (candle multiplies one row at a time). On x86-64 with AVX2 and FMA (checked
-//! at run time) a block product is `maddubs` on |w| and sign(a, w); elsewhere a scalar loop.
+//! weight block loaded (and unpacked) is used for every activation row of the tile, which is what
+//! makes prompt prefill fast (candle multiplies one row at a time). Kernels, picked at run time:
+//! AVX-512 VNNI or AVX-VNNI (`vpdpbusd`, one instruction per block product), AVX2 (`maddubs` and
+//! `madd`), and a scalar loop elsewhere.
 use half::f16;
 
 /// Weights per block.
 pub const QK: usize = 32;
 
-/// A row-major `[n, k]` matrix of Q8_0 blocks (`x @ w^T` gives `n` outputs per row of `x`).
+/// The quants of every block, row by row.
+enum Quants {
+    /// One i8 per weight.
+    I8(Vec<i8>),
+    /// Q5_0's packing: per block 16 bytes of nibbles (weight `t` in the low nibble of byte `t`,
+    /// weight `t + 16` in the high one) and a u32 whose bit `t` is weight `t`'s fifth bit; the
+    /// weight is `(nibble | bit << 4) - 16`.
+    Q5 { qs: Vec<u8>, qh: Vec<u32> },
+}
+
+/// A row-major `[n, k]` matrix of 32-weight blocks (`x @ w^T` gives `n` outputs per row of `x`).
 pub struct Q8Matrix {
     n: usize,
     k: usize,
     /// `n * k / 32` block scales, row by row.
     d: Vec<f32>,
-    /// `n * k` quants, row by row.
-    q: Vec<i8>,
+    quants: Quants,
 }
 
 /// Rows of activations quantized to Q8_0 blocks.
@@ -60,6 +74,10 @@ pub fn quantize_rows(x: &[f32], k: usize) -> Q8Rows {
     Q8Rows { m, k, d, q }
 }
 
+fn f16_at(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
 impl Q8Matrix {
     /// From ggml Q8_0 bytes (34-byte blocks: f16 scale, 32 i8 quants) of an `[n, k]` matrix.
     pub fn from_ggml_q8_0(bytes: &[u8], n: usize, k: usize) -> Q8Matrix {
@@ -67,10 +85,24 @@ impl Q8Matrix {
         let mut d = Vec::with_capacity(n * k / QK);
         let mut q = Vec::with_capacity(n * k);
         for b in bytes.chunks_exact(34) {
-            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
+            d.push(f16_at(b));
             q.extend(b[2..].iter().map(|&v| v as i8));
         }
-        Q8Matrix { n, k, d, q }
+        Q8Matrix { n, k, d, quants: Quants::I8(q) }
+    }
+
+    /// From ggml Q5_0 bytes (22-byte blocks: f16 scale, u32 of fifth bits, 16 bytes of nibbles),
+    /// kept packed.
+    pub fn from_ggml_q5_0(bytes: &[u8], n: usize, k: usize) -> Q8Matrix {
+        assert!(k % QK == 0 && bytes.len() == n * k / QK * 22, "from_ggml_q5_0: {} bytes for [{n}, {k}]", bytes.len());
+        let blocks = n * k / QK;
+        let (mut d, mut qh, mut qs) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks), Vec::with_capacity(blocks * 16));
+        for b in bytes.chunks_exact(22) {
+            d.push(f16_at(b));
+            qh.push(u32::from_le_bytes([b[2], b[3], b[4], b[5]]));
+            qs.extend_from_slice(&b[6..22]);
+        }
+        Q8Matrix { n, k, d, quants: Quants::Q5 { qs, qh } }
     }
 
     /// Quantizes an f32 `[n, k]` matrix to Q8_0 with f32 scales.
@@ -78,7 +110,7 @@ impl Q8Matrix {
         assert!(k % QK == 0 && w.len() == n * k, "quantize: {} values for [{n}, {k}]", w.len());
         let mut q = vec![0i8; w.len()];
         let d = w.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).map(|(x, q)| quantize_block(x, q, false)).collect();
-        Q8Matrix { n, k, d, q }
+        Q8Matrix { n, k, d, quants: Quants::I8(q) }
     }
 
     pub fn rows(&self) -> usize {
@@ -89,9 +121,32 @@ impl Q8Matrix {
         self.k
     }
 
+    /// Bytes held by the weights (scales and quants).
+    pub fn bytes(&self) -> usize {
+        self.d.len() * 4
+            + match &self.quants {
+                Quants::I8(q) => q.len(),
+                Quants::Q5 { qs, qh } => qs.len() + qh.len() * 4,
+            }
+    }
+
+    /// The 32 quants of block `blk` (counted over the whole matrix).
+    fn block_quants(&self, blk: usize) -> [i8; QK] {
+        match &self.quants {
+            Quants::I8(q) => q[blk * QK..][..QK].try_into().unwrap(),
+            Quants::Q5 { qs, qh } => {
+                let (qs, qh) = (&qs[blk * 16..][..16], qh[blk]);
+                std::array::from_fn(|t| {
+                    let nibble = if t < 16 { qs[t] & 0x0F } else { qs[t - 16] >> 4 };
+                    (nibble | (((qh >> t) & 1) as u8) << 4) as i8 - 16
+                })
+            }
+        }
+    }
+
     /// The weights as f32 (for tests).
     pub fn dequantize(&self) -> Vec<f32> {
-        self.q.iter().enumerate().map(|(i, &q)| q as f32 * self.d[i / QK]).collect()
+        (0..self.d.len()).flat_map(|b| self.block_quants(b).map(|q| q as f32 * self.d[b])).collect()
     }
 
     /// `x @ self^T`: `[m, n]` row-major, for `x` quantized with [`quantize_rows`]. The weight rows
@@ -99,24 +154,50 @@ impl Q8Matrix {
     /// never compete for cores); each unit is small enough that its weights stay in cache while
     /// every activation row passes over them.
     pub fn matmul(&self, x: &Q8Rows) -> Vec<f32> {
-        assert_eq!(x.k, self.k, "matmul: activations of width {} against weights of width {}", x.k, self.k);
-        let (m, n) = (x.m, self.n);
-        let mut out = vec![0f32; m * n];
-        let kernel = Kernel::detect();
-        let units = n.div_ceil(UNIT);
-        let dst = SharedOut(out.as_mut_ptr());
+        self.matmul_with(Kernel::detect(), x)
+    }
+
+    fn matmul_with(&self, kernel: Kernel, x: &Q8Rows) -> Vec<f32> {
+        Q8Matrix::matmul_many_with(kernel, &[self], x).pop().unwrap()
+    }
+
+    /// `x @ w^T` for each of `ws` (matrices of the same width): one quantization of `x` and one
+    /// dispatch to the worker pool for all of them, which is what a one-token step needs for its
+    /// q/k/v and gate/up projections (each dispatch costs a few microseconds of waking workers).
+    pub fn matmul_many(ws: &[&Q8Matrix], x: &Q8Rows) -> Vec<Vec<f32>> {
+        Q8Matrix::matmul_many_with(Kernel::detect(), ws, x)
+    }
+
+    fn matmul_many_with(kernel: Kernel, ws: &[&Q8Matrix], x: &Q8Rows) -> Vec<Vec<f32>> {
+        for w in ws {
+            assert_eq!(x.k, w.k, "matmul: activations of width {} against weights of width {}", x.k, w.k);
+        }
+        let m = x.m;
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
+        // Units of UNIT weight rows, numbered across the matrices one after another.
+        let starts: Vec<usize> = ws.iter().scan(0, |acc, w| Some(std::mem::replace(acc, *acc + w.n.div_ceil(UNIT)))).collect();
+        let units = starts.last().map_or(0, |s| s + ws.last().unwrap().n.div_ceil(UNIT));
+        let dsts: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
         let run = |range: std::ops::Range<usize>| {
-            let (j0, j1) = (range.start * UNIT, (range.end * UNIT).min(n));
-            // SAFETY: each call gets a disjoint range of weight rows, i.e. of output columns, and
-            // `block` writes only columns j0..j1 of rows 0..m of the `m * n` buffer.
-            unsafe { self.block(kernel, x, j0, j1, dst, n) };
+            for (t, w) in ws.iter().enumerate() {
+                let (s, e) = (starts[t], starts[t] + w.n.div_ceil(UNIT));
+                let (u0, u1) = (range.start.max(s), range.end.min(e));
+                if u0 < u1 {
+                    let (j0, j1) = ((u0 - s) * UNIT, ((u1 - s) * UNIT).min(w.n));
+                    // SAFETY: each call gets a disjoint range of units, i.e. of output columns of
+                    // each matrix, and `block` writes only columns j0..j1 of rows 0..m of the
+                    // `m * n` buffer of matrix t.
+                    unsafe { w.block(kernel, x, j0, j1, dsts[t], w.n) };
+                }
+            }
         };
-        if units > 1 && m * n * self.k >= PARALLEL_MIN_MACS {
+        let macs: usize = ws.iter().map(|w| m * w.n * w.k).sum();
+        if units > 1 && macs >= PARALLEL_MIN_MACS {
             candle_core::utils::barrier_pool().execute_chunked(units, run);
         } else {
             run(0..units);
         }
-        out
+        outs
     }
 
     /// Writes outputs for weight rows `j0..j1` and every activation row into `out` (`[m, n]`).
@@ -131,8 +212,8 @@ impl Q8Matrix {
             let mut j = j0;
             while j < j1 {
                 let rn = (j1 - j).min(TN);
-                let a = Operand { d: &x.d[i * nb..], q: &x.q[i * k..], nb, k };
-                let b = Operand { d: &self.d[j * nb..], q: &self.q[j * k..], nb, k };
+                let a = Acts { d: &x.d[i * nb..], q: &x.q[i * k..], nb, k };
+                let b = Weights { m: self, row: j, nb };
                 let mut tile = [[0f32; TN]; TM];
                 kernel.tile(rm, rn, &a, &b, &mut tile);
                 for (r, row) in tile.iter().enumerate().take(rm) {
@@ -161,12 +242,26 @@ unsafe impl Sync for SharedOut {}
 const TM: usize = 4;
 const TN: usize = 4;
 
-/// Rows of blocks starting at one row: scales `d[r * nb + b]`, quants `q[r * k + b * 32..]`.
-struct Operand<'a> {
+/// Activation rows starting at one row: scales `d[r * nb + b]`, quants `q[r * k + b * 32..]`.
+struct Acts<'a> {
     d: &'a [f32],
     q: &'a [i8],
     nb: usize,
     k: usize,
+}
+
+/// Weight rows of `m` starting at `row`.
+struct Weights<'a> {
+    m: &'a Q8Matrix,
+    row: usize,
+    nb: usize,
+}
+
+impl Weights<'_> {
+    /// Index of block `blk` of the `j`-th row of the tile.
+    fn at(&self, j: usize, blk: usize) -> usize {
+        (self.row + j) * self.nb + blk
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,39 +269,74 @@ enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// `vpdpbusd` on 256-bit registers: AVX-512 VNNI (with VL) or AVX-VNNI.
+    #[cfg(target_arch = "x86_64")]
+    Vnni512,
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
 }
 
 impl Kernel {
+    /// The fastest kernel this CPU runs; `POLYLLM_KERNEL=avx2|scalar` caps it (for comparisons).
     fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::env::var_os("POLYLLM_SCALAR_KERNELS").is_none() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Kernel::Avx2;
-            }
-        }
-        Kernel::Scalar
+        static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            let cap = std::env::var("POLYLLM_KERNEL").unwrap_or_default();
+            let all = Kernel::available();
+            let pick = match cap.as_str() {
+                "scalar" => Some(Kernel::Scalar),
+                #[cfg(target_arch = "x86_64")]
+                "avx2" => all.iter().copied().find(|k| *k == Kernel::Avx2),
+                _ => None,
+            };
+            pick.unwrap_or(*all.last().unwrap())
+        })
     }
 
-    fn tile(self, rm: usize, rn: usize, a: &Operand, b: &Operand, out: &mut [[f32; TN]; TM]) {
+    /// Every kernel this CPU can run, slowest first.
+    fn available() -> Vec<Kernel> {
+        #[allow(unused_mut)]
+        let mut v = vec![Kernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                v.push(Kernel::Avx2);
+                if is_x86_feature_detected!("avxvnni") {
+                    v.push(Kernel::AvxVnni);
+                }
+                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512bw") {
+                    v.push(Kernel::Vnni512);
+                }
+            }
+        }
+        v
+    }
+
+    fn tile(self, rm: usize, rn: usize, a: &Acts, b: &Weights, out: &mut [[f32; TN]; TM]) {
         match self {
             Kernel::Scalar => scalar_tile(rm, rn, a, b, out),
+            // SAFETY (all three): `available` offered these only where the CPU has the features
+            // they are compiled for; the operands hold at least `rm` (activation) and `rn`
+            // (weight) full rows, which `block` ensures.
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` returned Avx2 only where the CPU has AVX2 and FMA; the operands
-            // hold at least `rm` (activation) and `rn` (weight) full rows, which `block` ensures.
-            Kernel::Avx2 => unsafe { avx2::tile(rm, rn, a, b, out) },
+            Kernel::Avx2 => unsafe { x86::tile_avx2(rm, rn, a, b, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => unsafe { x86::tile_avxvnni(rm, rn, a, b, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni512 => unsafe { x86::tile_vnni512(rm, rn, a, b, out) },
         }
     }
 }
 
-fn scalar_tile(rm: usize, rn: usize, a: &Operand, b: &Operand, out: &mut [[f32; TN]; TM]) {
+fn scalar_tile(rm: usize, rn: usize, a: &Acts, b: &Weights, out: &mut [[f32; TN]; TM]) {
     for (i, row) in out.iter_mut().enumerate().take(rm) {
         for (j, o) in row.iter_mut().enumerate().take(rn) {
             let mut sum = 0f32;
             for blk in 0..a.nb {
                 let qa = &a.q[i * a.k + blk * QK..][..QK];
-                let qb = &b.q[j * b.k + blk * QK..][..QK];
-                let dot: i32 = qa.iter().zip(qb).map(|(&x, &y)| x as i32 * y as i32).sum();
-                sum += (a.d[i * a.nb + blk] * b.d[j * b.nb + blk]) * dot as f32;
+                let qb = b.m.block_quants(b.at(j, blk));
+                let dot: i32 = qa.iter().zip(qb).map(|(&x, y)| x as i32 * y as i32).sum();
+                sum += (a.d[i * a.nb + blk] * b.m.d[b.at(j, blk)]) * dot as f32;
             }
             *o = sum;
         }
@@ -214,8 +344,8 @@ fn scalar_tile(rm: usize, rn: usize, a: &Operand, b: &Operand, out: &mut [[f32; 
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{Operand, QK, TM, TN};
+mod x86 {
+    use super::{Acts, Quants, Weights, QK, TM, TN};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -226,27 +356,95 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// 0xFF in byte `t` where bit `t` of `x` is set, else 0 (ggml's `bytes_from_bits_32`).
+    #[inline(always)]
+    unsafe fn bytes_from_bits(x: u32) -> __m256i {
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(x as i32),
+            _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303),
+        );
+        let probe = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+        _mm256_cmpeq_epi8(probe, _mm256_set1_epi64x(-1))
+    }
+
+    /// Where a tile's weight blocks come from.
+    pub(super) trait Load {
+        /// The 32 signed weights of block `idx` (counted over the whole matrix).
+        unsafe fn load(&self, idx: usize) -> __m256i;
+    }
+
+    /// One i8 per weight.
+    struct I8Blocks(*const i8);
+    impl Load for I8Blocks {
+        #[inline(always)]
+        unsafe fn load(&self, idx: usize) -> __m256i {
+            _mm256_loadu_si256(self.0.add(idx * QK) as *const __m256i)
+        }
+    }
+
+    /// Q5_0's packing, unpacked in registers as ggml's AVX2 Q5_0 kernel does.
+    struct Q5Blocks(*const u8, *const u32);
+    impl Load for Q5Blocks {
+        #[inline(always)]
+        unsafe fn load(&self, idx: usize) -> __m256i {
+            let packed = _mm_loadu_si128(self.0.add(idx * 16) as *const __m128i);
+            let nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0F));
+            // (nibble | bit << 4) - 16 is the nibble where the bit is set, and nibble - 16, which
+            // is nibble | 0xF0 as an i8, where it is not.
+            let missing = _mm256_andnot_si256(bytes_from_bits(*self.1.add(idx)), _mm256_set1_epi8(0xF0u8 as i8));
+            _mm256_or_si256(nibbles, missing)
+        }
+    }
+
+    /// How a block product is formed.
+    pub(super) trait Dot {
+        /// 8 i32 lanes summing to the dot product of the signed bytes `w` and `x`.
+        unsafe fn dot(w: __m256i, x: __m256i) -> __m256i;
+    }
+
+    pub(super) struct Avx2;
+    impl Dot for Avx2 {
+        #[inline(always)]
+        unsafe fn dot(w: __m256i, x: __m256i) -> __m256i {
+            // |w| · (x · sign(w)) in pairs of i16, then pairs of i32: exact (|w|, |x| <= 127).
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+            _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+        }
+    }
+
+    pub(super) struct AvxVnni;
+    impl Dot for AvxVnni {
+        #[inline(always)]
+        unsafe fn dot(w: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+        }
+    }
+
+    pub(super) struct Vnni512;
+    impl Dot for Vnni512 {
+        #[inline(always)]
+        unsafe fn dot(w: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+        }
+    }
+
     /// One `RM × RN` tile over every block of the rows.
     #[inline(always)]
-    unsafe fn tile_fixed<const RM: usize, const RN: usize>(a: &Operand, b: &Operand, out: &mut [[f32; TN]; TM]) {
-        let ones = _mm256_set1_epi16(1);
+    unsafe fn tile_fixed<D: Dot, L: Load, const RM: usize, const RN: usize>(a: &Acts, b: &Weights, wq: &L, out: &mut [[f32; TN]; TM]) {
         let mut acc = [[_mm256_setzero_ps(); RN]; RM];
-        let (ad, aq, bd, bq) = (a.d.as_ptr(), a.q.as_ptr(), b.d.as_ptr(), b.q.as_ptr());
+        let (ad, aq, bd) = (a.d.as_ptr(), a.q.as_ptr(), b.m.d.as_ptr());
         for blk in 0..a.nb {
             let mut w = [_mm256_setzero_si256(); RN];
-            let mut wabs = [_mm256_setzero_si256(); RN];
             let mut dw = [_mm256_setzero_ps(); RN];
             for j in 0..RN {
-                w[j] = _mm256_loadu_si256(bq.add(j * b.k + blk * QK) as *const __m256i);
-                wabs[j] = _mm256_sign_epi8(w[j], w[j]);
-                dw[j] = _mm256_broadcast_ss(&*bd.add(j * b.nb + blk));
+                w[j] = wq.load(b.at(j, blk));
+                dw[j] = _mm256_broadcast_ss(&*bd.add(b.at(j, blk)));
             }
             for i in 0..RM {
                 let x = _mm256_loadu_si256(aq.add(i * a.k + blk * QK) as *const __m256i);
                 let da = _mm256_broadcast_ss(&*ad.add(i * a.nb + blk));
                 for j in 0..RN {
-                    // |w| · (x · sign(w)) in pairs of i16, then pairs of i32: the exact integer dot.
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[j], _mm256_sign_epi8(x, w[j])), ones);
+                    let p = D::dot(w[j], x);
                     acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(da, dw[j]), _mm256_cvtepi32_ps(p), acc[i][j]);
                 }
             }
@@ -259,22 +457,39 @@ mod avx2 {
     }
 
     macro_rules! dispatch {
-        ($rm:expr, $rn:expr, $a:expr, $b:expr, $out:expr; $(($m:literal, $n:literal)),*) => {
+        ($d:ty, $rm:expr, $rn:expr, $a:expr, $b:expr, $wq:expr, $out:expr; $(($m:literal, $n:literal)),*) => {
             match ($rm, $rn) {
-                $(($m, $n) => tile_fixed::<$m, $n>($a, $b, $out),)*
+                $(($m, $n) => tile_fixed::<$d, _, $m, $n>($a, $b, $wq, $out),)*
                 _ => unreachable!("tile {}x{}", $rm, $rn),
             }
         };
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile(rm: usize, rn: usize, a: &Operand, b: &Operand, out: &mut [[f32; TN]; TM]) {
-        dispatch!(rm, rn, a, b, out;
+    /// Every tile shape, for one kernel and one quant form.
+    #[inline(always)]
+    unsafe fn shapes<D: Dot, L: Load>(rm: usize, rn: usize, a: &Acts, b: &Weights, wq: &L, out: &mut [[f32; TN]; TM]) {
+        dispatch!(D, rm, rn, a, b, wq, out;
             (1, 1), (1, 2), (1, 3), (1, 4),
             (2, 1), (2, 2), (2, 3), (2, 4),
             (3, 1), (3, 2), (3, 3), (3, 4),
             (4, 1), (4, 2), (4, 3), (4, 4))
     }
+
+    macro_rules! tiles {
+        ($name:ident, $d:ty, $features:literal) => {
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(rm: usize, rn: usize, a: &Acts, b: &Weights, out: &mut [[f32; TN]; TM]) {
+                match &b.m.quants {
+                    Quants::I8(q) => shapes::<$d, _>(rm, rn, a, b, &I8Blocks(q.as_ptr()), out),
+                    Quants::Q5 { qs, qh } => shapes::<$d, _>(rm, rn, a, b, &Q5Blocks(qs.as_ptr(), qh.as_ptr()), out),
+                }
+            }
+        };
+    }
+
+    tiles!(tile_avx2, Avx2, "avx2,fma");
+    tiles!(tile_avxvnni, AvxVnni, "avx2,fma,avxvnni");
+    tiles!(tile_vnni512, Vnni512, "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni");
 }
 
 #[cfg(test)]
@@ -285,6 +500,24 @@ mod tests {
         (0..len).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0).collect()
     }
 
+    /// ggml Q5_0 bytes of an `[n, k]` matrix with pseudo-random quants, fifth bits and scales.
+    fn q5_bytes(n: usize, k: usize, seed: u32) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(747796405).wrapping_add(1);
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let mut out = Vec::new();
+        for _ in 0..n * k / QK {
+            out.extend(f16::from_f32((next() % 1000) as f32 / 40_000.0 + 0.001).to_le_bytes());
+            out.extend(next().to_le_bytes());
+            out.extend((0..16).map(|_| next() as u8));
+        }
+        out
+    }
+
     fn reference(w: &Q8Matrix, x: &Q8Rows) -> Vec<f32> {
         let nb = w.k / QK;
         let mut out = vec![0f32; x.m * w.n];
@@ -292,7 +525,8 @@ mod tests {
             for j in 0..w.n {
                 let mut s = 0f64;
                 for b in 0..nb {
-                    let dot: i64 = (0..QK).map(|t| x.q[i * w.k + b * QK + t] as i64 * w.q[j * w.k + b * QK + t] as i64).sum();
+                    let wq = w.block_quants(j * nb + b);
+                    let dot: i64 = (0..QK).map(|t| x.q[i * w.k + b * QK + t] as i64 * wq[t] as i64).sum();
                     s += (x.d[i * nb + b] as f64) * (w.d[j * nb + b] as f64) * dot as f64;
                 }
                 out[i * w.n + j] = s as f32;
@@ -302,22 +536,40 @@ mod tests {
     }
 
     #[test]
-    fn matmul_matches_reference_for_every_tile_shape() {
+    fn every_kernel_matches_the_reference_for_every_tile_shape_and_quant_form() {
+        let kernels = Kernel::available();
+        eprintln!("kernels on this CPU: {kernels:?}");
         // Sizes that leave every remainder of the 4x4 tiles, and chunking over several threads.
         for (m, n, k) in [(1, 1, 32), (1, 7, 64), (3, 5, 96), (5, 9, 128), (9, 37, 64), (17, 130, 256)] {
-            let w = Q8Matrix::quantize(&data(n * k, 7), n, k);
             let x = quantize_rows(&data(m * k, 99), k);
-            let want = reference(&w, &x);
-            let got = w.matmul(&x);
-            for (g, r) in got.iter().zip(&want) {
-                assert!((g - r).abs() <= 1e-4 * r.abs().max(1.0), "m={m} n={n} k={k}: {g} vs {r}");
+            let q5 = q5_bytes(n, k, (m * n * k) as u32);
+            let forms = [
+                ("i8", Q8Matrix::quantize(&data(n * k, 7), n, k)),
+                ("q5", Q8Matrix::from_ggml_q5_0(&q5, n, k)),
+                ("q5 widened", Q8Matrix::from_ggml_q8_0(&crate::model::parts::repack_q8_0(candle_core::quantized::GgmlDType::Q5_0, &q5).unwrap(), n, k)),
+            ];
+            for (name, w) in &forms {
+                let want = reference(w, &x);
+                let first = w.matmul_with(kernels[0], &x);
+                for &kernel in &kernels {
+                    let got = w.matmul_with(kernel, &x);
+                    for (g, r) in got.iter().zip(&want) {
+                        assert!((g - r).abs() <= 1e-4 * r.abs().max(1.0), "{kernel:?} {name} m={m} n={n} k={k}: {g} vs {r}");
+                    }
+                    // Integer block products are exact everywhere; only the float accumulation
+                    // order may differ between the scalar loop and the SIMD lanes.
+                    if kernel != Kernel::Scalar && kernels.len() > 2 {
+                        assert_eq!(got, w.matmul_with(kernels[1], &x), "{kernel:?} against {:?}", kernels[1]);
+                    }
+                }
+                assert_eq!(first.len(), m * n);
             }
-            // The scalar kernel agrees too.
-            let (nb, mut tile) = (k / QK, [[0f32; TN]; TM]);
-            let a = Operand { d: &x.d, q: &x.q, nb, k };
-            let b = Operand { d: &w.d, q: &w.q, nb, k };
-            scalar_tile(m.min(TM), n.min(TN), &a, &b, &mut tile);
-            assert!((tile[0][0] - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0));
+            // Q5_0 kept packed computes exactly what its widened i8 copy computes.
+            for &kernel in &kernels {
+                assert_eq!(forms[1].1.matmul_with(kernel, &x), forms[2].1.matmul_with(kernel, &x), "{kernel:?}");
+            }
+            assert_eq!(forms[1].1.dequantize(), forms[2].1.dequantize());
+            assert!(forms[1].1.bytes() * 3 <= forms[2].1.bytes() * 2 + 3, "q5 form is compact");
         }
     }
 
@@ -342,5 +594,12 @@ mod tests {
         let g = Q8Matrix::from_ggml_q8_0(&bytes, 1, 32);
         assert_eq!(g.dequantize()[0], -8.0);
         assert_eq!(g.dequantize()[31], 7.5);
+        // Q5_0 bytes: scale, fifth bits, nibbles. Weight 0: nibble 3, bit 1 -> 19 - 16 = 3;
+        // weight 16: nibble 0xA, bit 0 -> -6; weight 31: nibble 0xF, bit 1 -> 15.
+        let mut bytes = f16::from_f32(2.0).to_le_bytes().to_vec();
+        bytes.extend((1u32 | 1 << 31).to_le_bytes());
+        bytes.extend([0xA3u8].iter().chain(&[0u8; 14]).chain(&[0xF0u8]));
+        let g = Q8Matrix::from_ggml_q5_0(&bytes, 1, 32).dequantize();
+        assert_eq!((g[0], g[16], g[31], g[1]), (6.0, -12.0, 30.0, -32.0));
     }
 }

@@ -4,6 +4,7 @@
 //! GELU (tanh) gated MLP, and alternating attention: five sliding-window layers (local rotary base)
 //! for each global one. Embeddings are scaled by sqrt(hidden) and the output head is tied to them.
 //! The rotary tables are computed once for the served context and shared by all layers.
+use super::attention::decode_attention;
 use super::parts::{causal_mask, rope_tables, Loader};
 use crate::kernels::{Kernels, Linear};
 use candle_core::quantized::gguf_file;
@@ -123,9 +124,10 @@ impl Session {
         for (layer, cache) in w.layers.iter().zip(self.caches.iter_mut()) {
             let residual = x.clone();
             let h = layer.attn_norm.forward(&x)?;
-            let q = layer.wq.forward(&h)?.reshape((b, seq, w.n_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let k = layer.wk.forward(&h)?.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let v = layer.wv.forward(&h)?.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+            let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &h)?.try_into().unwrap();
+            let q = q.reshape((b, seq, w.n_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+            let k = k.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
             let q = layer.q_norm.forward(&q)?;
             let k = layer.k_norm.forward(&k)?;
             let (cos, sin) = if layer.window.is_some() { &w.rope_local } else { &w.rope_global };
@@ -133,30 +135,42 @@ impl Session {
             let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
             let (k, v) = cache.append(&k, &v)?;
-            let (k, v, mask) = match layer.window {
-                // Decoding one token: keys older than the window are simply left out.
-                Some(win) if seq == 1 && kv_len > win => (k.narrow(2, kv_len - win, win)?, v.narrow(2, kv_len - win, win)?, None),
-                Some(win) if seq > 1 => {
-                    if mask_local.is_none() {
-                        mask_local = Some(causal_mask(seq, pos, Some(win), dev)?);
-                    }
-                    (k, v, mask_local.as_ref())
+            // One token: attention read in place from the cache (windowed layers see only the
+            // last `win` keys); prompts and GPUs take the tensor ops below.
+            let fast = match seq {
+                1 => decode_attention(&q, cache, layer.window.map_or(0, |win| kv_len.saturating_sub(win)), scale as f32)?,
+                _ => None,
+            };
+            let y = match fast {
+                Some(y) => y,
+                None => {
+                    let (k, v, mask) = match layer.window {
+                        // Decoding one token: keys older than the window are simply left out.
+                        Some(win) if seq == 1 && kv_len > win => (k.narrow(2, kv_len - win, win)?, v.narrow(2, kv_len - win, win)?, None),
+                        Some(win) if seq > 1 => {
+                            if mask_local.is_none() {
+                                mask_local = Some(causal_mask(seq, pos, Some(win), dev)?);
+                            }
+                            (k, v, mask_local.as_ref())
+                        }
+                        _ => (k, v, mask_global.as_ref()),
+                    };
+                    let k = repeat_kv(k.contiguous()?, n_rep)?;
+                    let v = repeat_kv(v.contiguous()?, n_rep)?;
+                    let att = (q.matmul(&k.t()?)? * scale)?;
+                    let att = match mask {
+                        Some(m) => att.broadcast_add(m)?,
+                        None => att,
+                    };
+                    let att = candle_nn::ops::softmax_last_dim(&att)?;
+                    att.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, w.n_head * w.head_dim))?
                 }
-                _ => (k, v, mask_global.as_ref()),
             };
-            let k = repeat_kv(k.contiguous()?, n_rep)?;
-            let v = repeat_kv(v.contiguous()?, n_rep)?;
-            let att = (q.matmul(&k.t()?)? * scale)?;
-            let att = match mask {
-                Some(m) => att.broadcast_add(m)?,
-                None => att,
-            };
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, w.n_head * w.head_dim))?;
             let y = layer.post_attn_norm.forward(&layer.wo.forward(&y)?)?;
             let x1 = (y + residual)?;
             let h = layer.ffn_norm.forward(&x1)?;
-            let gated = (layer.gate.forward(&h)?.gelu()? * layer.up.forward(&h)?)?;
+            let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&layer.gate, &layer.up], &h)?.try_into().unwrap();
+            let gated = (gate.gelu()? * up)?;
             let y = layer.post_ffn_norm.forward(&layer.down.forward(&gated)?)?;
             x = (y + x1)?;
         }

@@ -7,6 +7,7 @@
 //! appending a token copies only that token's keys and values.
 use crate::kernels::{Kernels, Linear};
 use candle_core::quantized::gguf_file;
+use super::attention::decode_attention;
 use super::parts::{causal_mask, rope_tables, Loader};
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
@@ -24,8 +25,8 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&self.gate, &self.up], x)?.try_into().unwrap();
+        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
     }
 }
 
@@ -141,9 +142,10 @@ impl Session {
         for (layer, cache) in w.layers.iter().zip(self.caches.iter_mut()) {
             let residual = &x;
             let h = layer.attn_norm.forward(&x)?;
-            let q = add_bias(layer.wq.forward(&h)?, &layer.bq)?;
-            let k = add_bias(layer.wk.forward(&h)?, &layer.bk)?;
-            let v = add_bias(layer.wv.forward(&h)?, &layer.bv)?;
+            let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &h)?.try_into().unwrap();
+            let q = add_bias(q, &layer.bq)?;
+            let k = add_bias(k, &layer.bk)?;
+            let v = add_bias(v, &layer.bv)?;
             let q = q.reshape((b, seq, w.n_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
             let k = k.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
@@ -151,17 +153,23 @@ impl Session {
             let q = rope(&q, &cos, &sin)?;
             let k = rope(&k, &cos, &sin)?;
             let (k, v) = cache.append(&k, &v)?;
-            let n_rep = w.n_head / w.n_kv_head;
-            let k = repeat_kv(k.contiguous()?, n_rep)?;
-            let v = repeat_kv(v.contiguous()?, n_rep)?;
-            let att = (q.matmul(&k.t()?)? * scale)?;
-            let att = match &mask {
-                Some(m) => att.broadcast_add(m)?,
-                None => att,
+            // One token: attention read in place from the cache; prompts and GPUs take tensor ops.
+            let fast = if seq == 1 { decode_attention(&q, cache, 0, scale as f32)? } else { None };
+            let y = match fast {
+                Some(y) => y,
+                None => {
+                    let n_rep = w.n_head / w.n_kv_head;
+                    let k = repeat_kv(k.contiguous()?, n_rep)?;
+                    let v = repeat_kv(v.contiguous()?, n_rep)?;
+                    let att = (q.matmul(&k.t()?)? * scale)?;
+                    let att = match &mask {
+                        Some(m) => att.broadcast_add(m)?,
+                        None => att,
+                    };
+                    let att = candle_nn::ops::softmax_last_dim(&att)?;
+                    att.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, w.hidden))?
+                }
             };
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att.matmul(&v)?;
-            let y = y.transpose(1, 2)?.reshape((b, seq, w.hidden))?;
             let x1 = (layer.wo.forward(&y)? + residual)?;
             let h = layer.ffn_norm.forward(&x1)?;
             x = (layer.mlp.forward(&h)? + &x1)?;
