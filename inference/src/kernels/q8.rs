@@ -277,19 +277,14 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs; `POLYLLM_KERNEL=avx2|scalar` caps it (for comparisons).
+    /// The fastest kernel this CPU runs; `POLYLLM_KERNEL=scalar|avx2|avxvnni|vnni512` picks
+    /// another one it can run (for comparisons).
     fn detect() -> Kernel {
         static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *KERNEL.get_or_init(|| {
-            let cap = std::env::var("POLYLLM_KERNEL").unwrap_or_default();
             let all = Kernel::available();
-            let pick = match cap.as_str() {
-                "scalar" => Some(Kernel::Scalar),
-                #[cfg(target_arch = "x86_64")]
-                "avx2" => all.iter().copied().find(|k| *k == Kernel::Avx2),
-                _ => None,
-            };
-            pick.unwrap_or(*all.last().unwrap())
+            let wanted = std::env::var("POLYLLM_KERNEL").unwrap_or_default().to_lowercase();
+            all.iter().copied().find(|k| format!("{k:?}").to_lowercase() == wanted).unwrap_or(*all.last().unwrap())
         })
     }
 
@@ -489,7 +484,110 @@ mod x86 {
 
     tiles!(tile_avx2, Avx2, "avx2,fma");
     tiles!(tile_avxvnni, AvxVnni, "avx2,fma,avxvnni");
-    tiles!(tile_vnni512, Vnni512, "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni");
+    tiles!(tile_vnni512_256, Vnni512, "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni");
+
+    /// Two blocks of weights in one 512-bit register (block `idx` low, `idx + 1` high), as
+    /// unsigned bytes `w + OFFSET`, the operand `vpdpbusd` wants: then `x · (w + OFFSET)` less
+    /// `OFFSET · Σx` is the exact signed dot product, without per-product sign fixes.
+    pub(super) trait Load2 {
+        const OFFSET: u8;
+        unsafe fn load2u(&self, idx: usize) -> __m512i;
+    }
+    impl Load2 for I8Blocks {
+        const OFFSET: u8 = 128;
+        #[inline(always)]
+        unsafe fn load2u(&self, idx: usize) -> __m512i {
+            _mm512_xor_si512(_mm512_loadu_si512(self.0.add(idx * QK) as *const _), _mm512_set1_epi8(0x80u8 as i8))
+        }
+    }
+    impl Load2 for Q5Blocks {
+        /// Q5_0 stores `w + 16`: the nibble plus 16 where the fifth bit is set.
+        const OFFSET: u8 = 16;
+        #[inline(always)]
+        unsafe fn load2u(&self, idx: usize) -> __m512i {
+            // The two blocks' 32 bytes of nibbles as 128-bit lanes [b0, b0, b1, b1], the odd
+            // lanes shifted down 4 bits: low nibbles then high nibbles of each block.
+            let packed = _mm512_castsi256_si512(_mm256_loadu_si256(self.0.add(idx * 16) as *const __m256i));
+            let dup = _mm512_shuffle_i64x2::<0b01_01_00_00>(packed, packed);
+            let nibbles = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(dup, 0xFF00_FF00, dup), _mm512_set1_epi8(0x0F));
+            // The two u32s of fifth bits are one 64-bit byte mask.
+            let bits: __mmask64 = (self.1.add(idx) as *const u64).read_unaligned();
+            _mm512_mask_add_epi8(nibbles, bits, nibbles, _mm512_set1_epi8(16))
+        }
+    }
+
+    /// `d[0]` in the low eight lanes, `d[1]` in the high eight: the scales of two blocks, lined
+    /// up with `vpdpbusd`'s i32 lanes (lane `l` sums bytes `4l..4l + 4`).
+    #[inline(always)]
+    unsafe fn scale_pair(d: *const f32) -> __m512 {
+        let two = _mm_castpd_ps(_mm_load_sd(d as *const f64));
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), _mm512_castps128_ps512(two))
+    }
+
+    /// One `RM × RN` tile over every pair of blocks (`nb` even), 512 bits at a time. Per
+    /// activation row and pair, `-OFFSET · Σx` (in lanes) seeds the accumulation, so each
+    /// product is one `vpdpbusd` of the offset weights.
+    #[inline(always)]
+    unsafe fn tile_fixed512<L: Load2, const RM: usize, const RN: usize>(a: &Acts, b: &Weights, wq: &L, out: &mut [[f32; TN]; TM]) {
+        let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+        let (ad, aq, bd) = (a.d.as_ptr(), a.q.as_ptr(), b.m.d.as_ptr());
+        let zero = _mm512_setzero_si512();
+        let offset = _mm512_set1_epi8(L::OFFSET as i8);
+        let mut blk = 0;
+        while blk < a.nb {
+            let mut wu = [zero; RN];
+            let mut dw = [_mm512_setzero_ps(); RN];
+            for j in 0..RN {
+                wu[j] = wq.load2u(b.at(j, blk));
+                dw[j] = scale_pair(bd.add(b.at(j, blk)));
+            }
+            for i in 0..RM {
+                let x = _mm512_loadu_si512(aq.add(i * a.k + blk * QK) as *const _);
+                let da = scale_pair(ad.add(i * a.nb + blk));
+                let seed = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, x));
+                for j in 0..RN {
+                    let p = _mm512_dpbusd_epi32(seed, wu[j], x);
+                    acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(da, dw[j]), _mm512_cvtepi32_ps(p), acc[i][j]);
+                }
+            }
+            blk += 2;
+        }
+        for i in 0..RM {
+            for j in 0..RN {
+                out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+            }
+        }
+    }
+
+    macro_rules! dispatch512 {
+        ($rm:expr, $rn:expr, $a:expr, $b:expr, $wq:expr, $out:expr; $(($m:literal, $n:literal)),*) => {
+            match ($rm, $rn) {
+                $(($m, $n) => tile_fixed512::<_, $m, $n>($a, $b, $wq, $out),)*
+                _ => unreachable!("tile {}x{}", $rm, $rn),
+            }
+        };
+    }
+
+    #[inline(always)]
+    unsafe fn shapes512<L: Load2>(rm: usize, rn: usize, a: &Acts, b: &Weights, wq: &L, out: &mut [[f32; TN]; TM]) {
+        dispatch512!(rm, rn, a, b, wq, out;
+            (1, 1), (1, 2), (1, 3), (1, 4),
+            (2, 1), (2, 2), (2, 3), (2, 4),
+            (3, 1), (3, 2), (3, 3), (3, 4),
+            (4, 1), (4, 2), (4, 3), (4, 4))
+    }
+
+    /// AVX-512 VNNI: 512-bit tiles where the rows hold an even number of blocks, else 256-bit.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile_vnni512(rm: usize, rn: usize, a: &Acts, b: &Weights, out: &mut [[f32; TN]; TM]) {
+        if a.nb % 2 != 0 {
+            return tile_vnni512_256(rm, rn, a, b, out);
+        }
+        match &b.m.quants {
+            Quants::I8(q) => shapes512(rm, rn, a, b, &I8Blocks(q.as_ptr()), out),
+            Quants::Q5 { qs, qh } => shapes512(rm, rn, a, b, &Q5Blocks(qs.as_ptr(), qh.as_ptr()), out),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -557,9 +655,11 @@ mod tests {
                         assert!((g - r).abs() <= 1e-4 * r.abs().max(1.0), "{kernel:?} {name} m={m} n={n} k={k}: {g} vs {r}");
                     }
                     // Integer block products are exact everywhere; only the float accumulation
-                    // order may differ between the scalar loop and the SIMD lanes.
-                    if kernel != Kernel::Scalar && kernels.len() > 2 {
-                        assert_eq!(got, w.matmul_with(kernels[1], &x), "{kernel:?} against {:?}", kernels[1]);
+                    // order differs, between the scalar loop, 256-bit lanes and 512-bit lanes, so
+                    // the two 256-bit kernels agree bit for bit.
+                    #[cfg(target_arch = "x86_64")]
+                    if kernel == Kernel::AvxVnni {
+                        assert_eq!(got, w.matmul_with(Kernel::Avx2, &x), "AvxVnni against Avx2");
                     }
                 }
                 assert_eq!(first.len(), m * n);
