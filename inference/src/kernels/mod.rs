@@ -2,11 +2,13 @@
 //! where they beat candle's, candle's `QMatMul` elsewhere (and always on a GPU).
 //!
 //! Which one a matrix gets is decided once, at load, by [`Kernels`] and the matrix's block type.
+pub mod kquant;
 pub mod q8;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use q8::Q8Matrix;
+use std::sync::Arc;
 
 /// How the CPU multiplies weight matrices (`--kernels`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -26,8 +28,62 @@ pub enum Kernels {
 pub enum Linear {
     /// Every product through our kernels.
     Q8(Q8Matrix),
+    /// A Q4_K or Q6_K matrix: one-token products through our kernels ([`kquant`]), reading the
+    /// file's blocks in place; longer inputs through candle's.
+    K(KMatrix),
     /// candle's kernel.
     Candle(QMatMul),
+}
+
+/// A Q4_K or Q6_K matrix, shared by candle's kernel and ours.
+pub struct KMatrix {
+    candle: QMatMul,
+    t: Arc<QTensor>,
+    ty: kquant::KType,
+}
+
+impl KMatrix {
+    /// `t` as a [`KMatrix`] where it is a 2-D Q4_K/Q6_K matrix of whole super-blocks on the CPU and
+    /// our kernels run here.
+    fn new(t: QTensor) -> Result<std::result::Result<KMatrix, QTensor>> {
+        let ty = match t.dtype() {
+            GgmlDType::Q4K => kquant::KType::Q4K,
+            GgmlDType::Q6K => kquant::KType::Q6K,
+            _ => return Ok(Err(t)),
+        };
+        let k = t.shape().dims().last().copied().unwrap_or(0);
+        if !kquant::available() || t.shape().dims().len() != 2 || k % kquant::QK_K != 0 {
+            return Ok(Err(t));
+        }
+        let t = Arc::new(t);
+        Ok(Ok(KMatrix { candle: QMatMul::QTensor(t.clone()), t, ty }))
+    }
+
+    fn dims(&self) -> (usize, usize) {
+        let d = self.t.shape().dims();
+        (d[0], d[1])
+    }
+
+    /// `x @ w^T` for each of `ws` on one row `x`, with one quantization and one pool dispatch.
+    fn gemv_many(ws: &[&KMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+        let k = ws[0].dims().1;
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if xs.len() != k {
+            candle_core::bail!("matmul: input of {} values against a matrix of width {k}", xs.len());
+        }
+        let q = kquant::quantize_q8k(&xs);
+        let data = ws.iter().map(|w| w.t.data()).collect::<Result<Vec<_>>>()?;
+        let views: Vec<kquant::KView> = ws.iter().zip(&data).map(|(w, d)| {
+            let (n, k) = w.dims();
+            kquant::KView { ty: w.ty, n, k, bytes: d }
+        }).collect();
+        kquant::gemv_many(&views, &q).into_iter().zip(ws).map(|(out, w)| q8_output(out, w.dims().0, x)).collect()
+    }
+}
+
+/// Whether `x` is a single row of activations.
+fn one_row(x: &Tensor) -> bool {
+    x.dims().last().is_some_and(|&k| k > 0 && x.elem_count() == k)
 }
 
 fn exact_q8(dtype: GgmlDType) -> bool {
@@ -65,7 +121,10 @@ impl Linear {
             }
             Kernels::Repack => Linear::Candle(QMatMul::from_qtensor(t)?),
             Kernels::Fast if exact_q8(dtype) => Linear::Q8(to_q8(&t)?),
-            Kernels::Fast => Linear::Candle(QMatMul::from_qtensor(t)?),
+            Kernels::Fast => match KMatrix::new(t)? {
+                Ok(m) => Linear::K(m),
+                Err(t) => Linear::Candle(QMatMul::from_qtensor(t)?),
+            },
         })
     }
 }
@@ -101,14 +160,22 @@ impl Linear {
         }
         let ours: Option<Vec<&Q8Matrix>> = ws.iter().map(|w| match w {
             Linear::Q8(m) => Some(m),
-            Linear::Candle(_) => None,
+            _ => None,
         }).collect();
         if let Some(ms) = ours {
             let rows = q8_input(x, ms[0].cols())?;
             return Q8Matrix::matmul_many(&ms, &rows).into_iter().zip(&ms).map(|(out, m)| q8_output(out, m.rows(), x)).collect();
         }
+        let ks: Option<Vec<&KMatrix>> = ws.iter().map(|w| match w {
+            Linear::K(m) => Some(m),
+            _ => None,
+        }).collect();
+        if let (Some(ks), true) = (ks, one_row(x)) {
+            return KMatrix::gemv_many(&ks, x);
+        }
         let theirs: Option<Vec<&QTensor>> = ws.iter().map(|w| match w {
             Linear::Candle(QMatMul::QTensor(t)) => Some(&**t),
+            Linear::K(m) => Some(&*m.t),
             _ => None,
         }).collect();
         if let (Some(ts), true) = (theirs, x.is_contiguous() && x.dtype() == DType::F32) {
@@ -125,6 +192,8 @@ impl Module for Linear {
         match self {
             Linear::Candle(m) => m.forward(x),
             Linear::Q8(w) => q8_forward(w, x),
+            Linear::K(w) if one_row(x) => Ok(KMatrix::gemv_many(&[w], x)?.remove(0)),
+            Linear::K(w) => w.candle.forward(x),
         }
     }
 }
