@@ -492,12 +492,23 @@ mod x86 {
     pub(super) trait Load2 {
         const OFFSET: u8;
         unsafe fn load2u(&self, idx: usize) -> __m512i;
+        /// Asks for the cache lines of blocks `idx` and `idx + 1` (no fault where they do not exist).
+        unsafe fn prefetch2(&self, idx: usize);
+    }
+
+    #[inline(always)]
+    unsafe fn prefetch<T>(p: *const T, idx: usize) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(idx) as *const i8);
     }
     impl Load2 for I8Blocks {
         const OFFSET: u8 = 128;
         #[inline(always)]
         unsafe fn load2u(&self, idx: usize) -> __m512i {
             _mm512_xor_si512(_mm512_loadu_si512(self.0.add(idx * QK) as *const _), _mm512_set1_epi8(0x80u8 as i8))
+        }
+        #[inline(always)]
+        unsafe fn prefetch2(&self, idx: usize) {
+            prefetch(self.0, idx * QK);
         }
     }
     impl Load2 for Q5Blocks {
@@ -513,6 +524,11 @@ mod x86 {
             // The two u32s of fifth bits are one 64-bit byte mask.
             let bits: __mmask64 = (self.1.add(idx) as *const u64).read_unaligned();
             _mm512_mask_add_epi8(nibbles, bits, nibbles, _mm512_set1_epi8(16))
+        }
+        #[inline(always)]
+        unsafe fn prefetch2(&self, idx: usize) {
+            prefetch(self.0, idx * 16);
+            prefetch(self.1, idx);
         }
     }
 
@@ -549,6 +565,13 @@ mod x86 {
             for j in 0..RN {
                 wu[j] = wq.load2u(b.at(j, blk));
                 dw[j] = scale_pair(bd.add(b.at(j, blk)));
+                if RM == 1 {
+                    // One token: the weights stream from memory once and the loads stalled on
+                    // them; fetch the same blocks of the next tile's rows (the hardware
+                    // prefetcher does not follow RN interleaved streams far enough ahead).
+                    wq.prefetch2(b.at(j + RN, blk));
+                    prefetch(bd, b.at(j + RN, blk));
+                }
             }
             for i in 0..RM {
                 let x = _mm512_loadu_si512(aq.add(i * a.k + blk * QK) as *const _);
