@@ -4,7 +4,7 @@
 //! GELU (tanh) gated MLP, and alternating attention: five sliding-window layers (local rotary base)
 //! for each global one. Embeddings are scaled by sqrt(hidden) and the output head is tied to them.
 //! The rotary tables are computed once for the served context and shared by all layers.
-use super::attention::decode_attention;
+use super::attention::cached_attention;
 use super::parts::{causal_mask, rope_tables, Loader};
 use crate::kernels::{Kernels, Linear};
 use candle_core::quantized::gguf_file;
@@ -135,12 +135,9 @@ impl Session {
             let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
             let (k, v) = cache.append(&k, &v)?;
-            // One token: attention read in place from the cache (windowed layers see only the
-            // last `win` keys); prompts and GPUs take the tensor ops below.
-            let fast = match seq {
-                1 => decode_attention(&q, cache, layer.window.map_or(0, |win| kv_len.saturating_sub(win)), scale as f32)?,
-                _ => None,
-            };
+            // On the CPU attention reads the cache in place (windowed layers see only the last
+            // `win` keys of each position); GPUs take the tensor ops below.
+            let fast = cached_attention(&q, cache, pos, layer.window, scale as f32)?;
             let y = match fast {
                 Some(y) => y,
                 None => {

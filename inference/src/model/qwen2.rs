@@ -7,7 +7,7 @@
 //! appending a token copies only that token's keys and values.
 use crate::kernels::{Kernels, Linear};
 use candle_core::quantized::gguf_file;
-use super::attention::decode_attention;
+use super::attention::cached_attention;
 use super::parts::{causal_mask, rope_tables, Loader};
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
@@ -153,8 +153,8 @@ impl Session {
             let q = rope(&q, &cos, &sin)?;
             let k = rope(&k, &cos, &sin)?;
             let (k, v) = cache.append(&k, &v)?;
-            // One token: attention read in place from the cache; prompts and GPUs take tensor ops.
-            let fast = if seq == 1 { decode_attention(&q, cache, 0, scale as f32)? } else { None };
+            // On the CPU attention reads the cache in place; GPUs take the tensor ops.
+            let fast = cached_attention(&q, cache, pos, None, scale as f32)?;
             let y = match fast {
                 Some(y) => y,
                 None => {
