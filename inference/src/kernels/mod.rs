@@ -178,7 +178,10 @@ impl Linear {
             Linear::K(m) => Some(&*m.t),
             _ => None,
         }).collect();
-        if let (Some(ts), true) = (theirs, x.is_contiguous() && x.dtype() == DType::F32) {
+        // candle's fused kernel is its tiled one-token kernel; from 32 rows on its separate
+        // products take its AMX kernel for Q4_K, which is faster (1.5B prefill, measured).
+        let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+        if let (Some(ts), true) = (theirs, x.is_contiguous() && x.dtype() == DType::F32 && rows < 32) {
             if let Some(outs) = QTensor::gemv_fused_shared_lhs(&ts, x)? {
                 return Ok(outs);
             }
