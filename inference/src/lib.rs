@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod kernels;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod openai;

@@ -40,6 +40,7 @@ async fn shutdown_signal() {
 
 fn main() -> Result<()> {
     let cfg = Config::parse();
+    inference::memory::retain_freed_memory();
     if let Some(n) = cfg.threads {
         // candle's CPU kernels size their rayon pool from this variable.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());

@@ -201,6 +201,8 @@ fn llama_cpp(path: &PathBuf, args: &Args) -> Result<Option<Figures>> {
 fn main() -> Result<()> {
     let args = Args::parse();
     std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    // As the service does (main.rs): activations reuse freed heap instead of fresh pages.
+    inference::memory::retain_freed_memory();
     let models = if args.models.is_empty() {
         ["gemma-3-270m-q4_k_m.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"]
             .iter()
