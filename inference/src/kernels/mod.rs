@@ -1,5 +1,6 @@
-//! The weight matrices of the models and how they are multiplied: our Q8_0 CPU kernels ([`q8`])
-//! where they beat candle's, candle's `QMatMul` elsewhere (and always on a GPU).
+//! The weight matrices of the models and how they are multiplied: our CPU kernels where they beat
+//! candle's (Q8_0/Q5_0/Q4_0 matrices in [`q8`]; one-token products of Q4_K/Q6_K matrices in
+//! [`kquant`]), candle's `QMatMul` elsewhere (K-quant prompts, other block types, and always on a GPU).
 //!
 //! Which one a matrix gets is decided once, at load, by [`Kernels`] and the matrix's block type.
 pub mod kquant;
@@ -14,8 +15,8 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kernels {
     /// Our kernels for Q8_0, Q5_0 and Q4_0 matrices (every weight kept bit for bit: Q5_0 in its
-    /// own packing, Q4_0 widened to 8 bits); K-quant matrices keep candle's kernels (its tiled Q4_K kernel prefills as fast
-    /// as ours does on a Q8_0 copy, measured, and reads fewer bytes per decoded token).
+    /// own packing, Q4_0 widened to 8 bits), and for one-token products of Q4_K and Q6_K matrices
+    /// (read in place, AVX-512 VNNI; prompts through candle's tiled and AMX kernels).
     #[default]
     Fast,
     /// candle's kernels, Q4_0/Q5_0 re-packed as Q8_0.
