@@ -107,6 +107,18 @@ impl Metrics {
         }
     }
 
+    /// Creates every per-backend series at zero, so that each exists from the first scrape: a
+    /// rate over a series whose first sample already holds all its observations is no rate
+    /// (Prometheus returns NaN for a quantile of it), which is what a dashboard showed for a
+    /// backend whose first requests all fell between two scrapes.
+    pub fn init_backends<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            self.ttft.with_label_values(&[id]);
+            self.backend_errors.with_label_values(&[id]);
+            self.backend_in_flight.with_label_values(&[id]);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.log_dropped.set(crate::logging::dropped_lines() as i64);
@@ -125,6 +137,17 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_series_exist_before_any_request() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("router_ttft_seconds_count{backend=\"m1\"}"));
+        m.init_backends(["m1", "m2"]);
+        let text = m.render();
+        for line in ["router_ttft_seconds_count{backend=\"m1\"} 0", "router_ttft_seconds_count{backend=\"m2\"} 0", "router_backend_errors_total{backend=\"m2\"} 0", "router_backend_in_flight{backend=\"m1\"} 0"] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
 
     #[test]
     fn every_issue_metric_is_exposed() {

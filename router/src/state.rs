@@ -56,6 +56,7 @@ impl AppState {
     pub fn new(config: Config, policy: Arc<dyn RoutingPolicy>) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::load(&config.backends).context("loading --backends")?);
+        metrics.init_backends(registry.all().iter().map(|b| &*b.id));
         let redis = match config.redis_url.as_deref().filter(|u| !u.is_empty()) {
             Some(url) => Some(Arc::new(
                 RedisConn::new(
