@@ -3,6 +3,7 @@
 //! The weights are loaded once and shared (every tensor is reference counted); each request gets
 //! its own [`Session`] holding its own KV cache, so concurrent requests never see each other's
 //! state and never copy a weight. The architecture is chosen by `general.architecture`.
+pub mod activation;
 pub mod attention;
 pub mod gemma3;
 pub mod parts;

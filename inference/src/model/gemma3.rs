@@ -167,7 +167,7 @@ impl Session {
             let x1 = (y + residual)?;
             let h = layer.ffn_norm.forward(&x1)?;
             let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&layer.gate, &layer.up], &h)?.try_into().unwrap();
-            let gated = (gate.gelu()? * up)?;
+            let gated = super::activation::gelu_tanh_mul(&gate, &up)?;
             let y = layer.post_ffn_norm.forward(&layer.down.forward(&gated)?)?;
             x = (y + x1)?;
         }
