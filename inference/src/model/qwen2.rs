@@ -26,7 +26,7 @@ struct Mlp {
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&self.gate, &self.up], x)?.try_into().unwrap();
-        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+        self.down.forward(&super::activation::silu_mul(&gate, &up)?)
     }
 }
 
