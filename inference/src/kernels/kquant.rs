@@ -219,26 +219,22 @@ fn gemv_many_with(ws: &[KView], x: &Q8KRow, row: fn(KType, &[u8], &Q8KRow) -> f3
         assert_eq!(w.bytes.len(), w.n * w.k / QK_K * w.ty.block_bytes(), "gemv: {:?} matrix of {} bytes", w.ty, w.bytes.len());
     }
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.n]).collect();
-    let starts: Vec<usize> = ws.iter().scan(0, |acc, w| Some(std::mem::replace(acc, *acc + w.n.div_ceil(UNIT)))).collect();
-    let units = starts.last().map_or(0, |s| s + ws.last().unwrap().n.div_ceil(UNIT));
+    let units = super::Units::new(ws.iter().map(|w| w.n).collect(), UNIT);
     let dsts: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
     let run = |range: std::ops::Range<usize>| {
-        for (t, w) in ws.iter().enumerate() {
-            let (s, e) = (starts[t], starts[t] + w.n.div_ceil(UNIT));
-            let (u0, u1) = (range.start.max(s), range.end.min(e));
-            if u0 < u1 {
-                for j in (u0 - s) * UNIT..((u1 - s) * UNIT).min(w.n) {
-                    // SAFETY: each call gets a disjoint range of units, i.e. of rows of each
-                    // matrix, and writes only those entries of that matrix's `n` outputs.
-                    unsafe { *dsts[t].0.add(j) = row(w.ty, w.row(j), x) };
-                }
+        units.each(range, |t, j0, j1| {
+            for j in j0..j1 {
+                // SAFETY: each call gets a disjoint range of units, i.e. of rows of each matrix,
+                // and writes only those entries of that matrix's `n` outputs.
+                unsafe { *dsts[t].0.add(j) = row(ws[t].ty, ws[t].row(j), x) };
             }
-        }
+        });
     };
-    if units > 1 {
-        candle_core::utils::barrier_pool().execute_chunked(units, run);
+    let n_units = units.count();
+    if n_units > 1 {
+        candle_core::utils::barrier_pool().execute_chunked(n_units, run);
     } else {
-        run(0..units);
+        run(0..n_units);
     }
     outs
 }

@@ -11,6 +11,37 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use q8::Q8Matrix;
 use std::sync::Arc;
 
+/// Output rows of several matrices (`rows[t]` each) cut into units of `unit` rows, numbered
+/// across the matrices one after another: what one dispatch to the worker pool spreads when a
+/// step multiplies one input by several matrices (q/k/v, gate/up).
+pub(crate) struct Units {
+    starts: Vec<usize>,
+    rows: Vec<usize>,
+    unit: usize,
+}
+
+impl Units {
+    pub(crate) fn new(rows: Vec<usize>, unit: usize) -> Units {
+        let starts = rows.iter().scan(0, |acc, n| Some(std::mem::replace(acc, *acc + n.div_ceil(unit)))).collect();
+        Units { starts, rows, unit }
+    }
+
+    /// How many units there are.
+    pub(crate) fn count(&self) -> usize {
+        self.starts.last().map_or(0, |s| s + self.rows.last().unwrap().div_ceil(self.unit))
+    }
+
+    /// Calls `f(t, j0, j1)` for each matrix `t` whose rows `j0..j1` the units `range` cover.
+    pub(crate) fn each(&self, range: std::ops::Range<usize>, mut f: impl FnMut(usize, usize, usize)) {
+        for (t, (&s, &n)) in self.starts.iter().zip(&self.rows).enumerate() {
+            let (u0, u1) = (range.start.max(s), range.end.min(s + n.div_ceil(self.unit)));
+            if u0 < u1 {
+                f(t, (u0 - s) * self.unit, ((u1 - s) * self.unit).min(n));
+            }
+        }
+    }
+}
+
 /// How the CPU multiplies weight matrices (`--kernels`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kernels {
@@ -199,5 +230,33 @@ impl Module for Linear {
             Linear::K(w) if one_row(x) => Ok(KMatrix::gemv_many(&[w], x)?.remove(0)),
             Linear::K(w) => w.candle.forward(x),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Units;
+
+    fn covered(u: &Units, range: std::ops::Range<usize>) -> Vec<(usize, usize, usize)> {
+        let mut v = Vec::new();
+        u.each(range, |t, j0, j1| v.push((t, j0, j1)));
+        v
+    }
+
+    #[test]
+    fn units_cover_every_row_of_every_matrix_once() {
+        let u = Units::new(vec![5, 16, 33], 16);
+        assert_eq!(u.count(), 5);
+        assert_eq!(covered(&u, 0..5), vec![(0, 0, 5), (1, 0, 16), (2, 0, 33)]);
+        assert_eq!(covered(&u, 1..3), vec![(1, 0, 16), (2, 0, 16)]);
+        assert_eq!(covered(&u, 4..5), vec![(2, 32, 33)]);
+        assert!(covered(&u, 5..9).is_empty());
+        // Any split of the units covers each row exactly once.
+        let mut seen = [vec![0; 5], vec![0; 16], vec![0; 33]];
+        for r in [0..2, 2..3, 3..5] {
+            u.each(r, |t, j0, j1| (j0..j1).for_each(|j| seen[t][j] += 1));
+        }
+        assert!(seen.iter().flatten().all(|&n| n == 1));
+        assert_eq!(Units::new(Vec::new(), 16).count(), 0);
     }
 }

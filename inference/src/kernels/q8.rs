@@ -174,28 +174,22 @@ impl Q8Matrix {
         }
         let m = x.m;
         let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
-        // Units of UNIT weight rows, numbered across the matrices one after another.
-        let starts: Vec<usize> = ws.iter().scan(0, |acc, w| Some(std::mem::replace(acc, *acc + w.n.div_ceil(UNIT)))).collect();
-        let units = starts.last().map_or(0, |s| s + ws.last().unwrap().n.div_ceil(UNIT));
+        let units = super::Units::new(ws.iter().map(|w| w.n).collect(), UNIT);
         let dsts: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
         let run = |range: std::ops::Range<usize>| {
-            for (t, w) in ws.iter().enumerate() {
-                let (s, e) = (starts[t], starts[t] + w.n.div_ceil(UNIT));
-                let (u0, u1) = (range.start.max(s), range.end.min(e));
-                if u0 < u1 {
-                    let (j0, j1) = ((u0 - s) * UNIT, ((u1 - s) * UNIT).min(w.n));
-                    // SAFETY: each call gets a disjoint range of units, i.e. of output columns of
-                    // each matrix, and `block` writes only columns j0..j1 of rows 0..m of the
-                    // `m * n` buffer of matrix t.
-                    unsafe { w.block(kernel, x, j0, j1, dsts[t], w.n) };
-                }
-            }
+            units.each(range, |t, j0, j1| {
+                // SAFETY: each call gets a disjoint range of units, i.e. of output columns of each
+                // matrix, and `block` writes only columns j0..j1 of rows 0..m of the `m * n`
+                // buffer of matrix t.
+                unsafe { ws[t].block(kernel, x, j0, j1, dsts[t], ws[t].n) };
+            });
         };
+        let n_units = units.count();
         let macs: usize = ws.iter().map(|w| m * w.n * w.k).sum();
-        if units > 1 && macs >= PARALLEL_MIN_MACS {
-            candle_core::utils::barrier_pool().execute_chunked(units, run);
+        if n_units > 1 && macs >= PARALLEL_MIN_MACS {
+            candle_core::utils::barrier_pool().execute_chunked(n_units, run);
         } else {
-            run(0..units);
+            run(0..n_units);
         }
         outs
     }
