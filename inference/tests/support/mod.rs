@@ -23,6 +23,7 @@ pub fn model(file: &str) -> PathBuf {
 
 pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 pub const QWEN05: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+pub const QWEN15: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
