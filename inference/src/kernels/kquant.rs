@@ -368,30 +368,45 @@ mod x86 {
         let shl_a = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
         let shr_b = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
         let ix = [idx(&Q6K_SCALES[0]), idx(&Q6K_SCALES[1]), idx(&Q6K_SCALES[2]), idx(&Q6K_SCALES[3])];
-        let mut acc = _mm512_setzero_ps();
+        let m32 = _mm512_set1_epi8(32);
+        let mut acc = _mm256_setzero_ps();
         for b in 0..x.k / QK_K {
             let blk = w.as_ptr().add(b * Q6K_BYTES);
             prefetch(blk, Q6K_BYTES);
             let d = *x.d.get_unchecked(b) * f16_at(blk.add(208));
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192) as *const _));
             let sc = _mm512_castsi256_si512(sc16);
-            let bsums = _mm256_loadu_si256(x.bsums.as_ptr().add(b * 16) as *const _);
-            let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, sc16), 5);
             let a = x.qs.as_ptr().add(b * QK_K);
-            let mut s = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(offset));
+            let mut s = _mm512_setzero_si512();
             for half in 0..2 {
                 let l = _mm512_loadu_si512(blk.add(64 * half) as *const _);
                 let h = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * half) as *const _));
                 let va = _mm512_or_si512(_mm512_and_si512(l, nib), _mm512_and_si512(_mm512_sllv_epi16(h, shl_a), top));
                 let vb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), nib), _mm512_and_si512(_mm512_srlv_epi16(h, shr_b), top));
-                let pa = _mm512_maddubs_epi16(va, _mm512_loadu_si512(a.add(128 * half) as *const _));
-                let pb = _mm512_maddubs_epi16(vb, _mm512_loadu_si512(a.add(128 * half + 64) as *const _));
+                let (xa, xb) = (_mm512_loadu_si512(a.add(128 * half) as *const _), _mm512_loadu_si512(a.add(128 * half + 64) as *const _));
+                // The `- 32` of each weight taken off per pair of products, as candle's kernel does,
+                // so that each i32 lane holds the same products as its lane does.
+                let pa = _mm512_sub_epi16(_mm512_maddubs_epi16(va, xa), _mm512_maddubs_epi16(m32, xa));
+                let pb = _mm512_sub_epi16(_mm512_maddubs_epi16(vb, xb), _mm512_maddubs_epi16(m32, xb));
                 s = _mm512_dpwssd_epi32(s, pa, _mm512_permutexvar_epi16(ix[2 * half], sc));
                 s = _mm512_dpwssd_epi32(s, pb, _mm512_permutexvar_epi16(ix[2 * half + 1], sc));
             }
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(s), acc);
+            // Lane l of candle's 256-bit sum covers bytes 4l..4l + 4 of each 32-quant group: our
+            // lanes l and l + 8. Integer sums are exact, so the two are equal, and the floats are
+            // then added in its order.
+            let s8 = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), acc);
         }
-        _mm512_reduce_add_ps(acc)
+        hsum8(acc)
+    }
+
+    /// candle's `hsum_float_8`: the same additions in the same order.
+    #[inline(always)]
+    unsafe fn hsum8(x: __m256) -> f32 {
+        let r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+        let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+        let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+        _mm_cvtss_f32(r)
     }
 }
 
@@ -463,6 +478,10 @@ mod tests {
                     let tol = 1e-4 * (1.0 + s[j].abs());
                     assert!((f[j] - s[j]).abs() <= tol, "{ty:?} {n}x{k} row {j}: fast {} scalar {}", f[j], s[j]);
                     assert!((theirs[j] - s[j]).abs() <= tol, "{ty:?} {n}x{k} row {j}: candle {} scalar {}", theirs[j], s[j]);
+                    if *ty == KType::Q6K && available() {
+                        // Bit for bit: the same lanes and the same float order as candle's kernel.
+                        assert_eq!(f[j].to_bits(), theirs[j].to_bits(), "{ty:?} {n}x{k} row {j}: fast {} candle {}", f[j], theirs[j]);
+                    }
                 }
                 assert!(s.iter().any(|v| v.abs() > 1e-3), "{ty:?}: degenerate test data");
             }
