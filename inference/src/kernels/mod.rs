@@ -1,6 +1,7 @@
 //! The weight matrices of the models and how they are multiplied: our CPU kernels where they beat
-//! candle's (Q8_0/Q5_0/Q4_0 matrices in [`q8`]; one-token products of Q4_K/Q6_K matrices in
-//! [`kquant`]), candle's `QMatMul` elsewhere (K-quant prompts, other block types, and always on a GPU).
+//! candle's (Q8_0/Q5_0/Q4_0 matrices in [`q8`]; one-token products of Q6_K matrices, and of Q4_K
+//! ones on request, in [`kquant`]), candle's `QMatMul` elsewhere (K-quant prompts, other block types,
+//! and always on a GPU).
 //!
 //! Which one a matrix gets is decided once, at load, by [`Kernels`] and the matrix's block type.
 pub mod kquant;
@@ -46,8 +47,9 @@ impl Units {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kernels {
     /// Our kernels for Q8_0, Q5_0 and Q4_0 matrices (every weight kept bit for bit: Q5_0 in its
-    /// own packing, Q4_0 widened to 8 bits), and for one-token products of Q4_K and Q6_K matrices
-    /// (read in place, AVX-512 VNNI; prompts through candle's tiled and AMX kernels).
+    /// own packing, Q4_0 widened to 8 bits), and for one-token products of Q6_K matrices (read in
+    /// place, AVX-512 VNNI, bit for bit candle's results; Q4_K too with `POLYLLM_Q4K_GEMV=1`);
+    /// K-quant prompts through candle's tiled and AMX kernels.
     #[default]
     Fast,
     /// candle's kernels, Q4_0/Q5_0 re-packed as Q8_0.
