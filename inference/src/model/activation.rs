@@ -6,6 +6,7 @@
 //! gemma prefill the two took about 8% of the samples (perf). Here the exponential is evaluated
 //! with a degree-6 polynomial after range reduction (relative error about 1e-7, checked against
 //! candle's ops in the tests), written as plain arithmetic so that the loop vectorizes.
+use super::attention::OutPtr;
 use candle_core::{DType, Result, Storage, Tensor};
 
 /// `exp(x)` for `x <= 0`: `2^n · e^r` with `n = round(x / ln 2)` and `|r| <= ln 2 / 2`.
@@ -97,18 +98,6 @@ fn gated_slices<A: Act>(gate: &[f32], up: &[f32], out: &mut [f32]) {
         }
     }
     gated_body::<A>(gate, up, out)
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: workers write disjoint chunks (see `gated`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// Elements per unit of parallel work.

@@ -65,15 +65,17 @@ pub fn cached_attention(q: &Tensor, cache: &KvCache, pos: usize, window: Option<
     Ok(Some(Tensor::from_vec(out, (1, seq, n_head * d), q.device())?))
 }
 
+/// An output buffer that several workers write at disjoint places (each user says where).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: workers write disjoint output slices (see `cached_attention`).
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: workers write disjoint index sets: `cached_attention` one slice per (head, position),
+// `activation::gated` one chunk each.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// The pointer `i` floats in (a method, so that closures capture the whole `Send` wrapper).
-    fn at(self, i: usize) -> *mut f32 {
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }
