@@ -116,7 +116,8 @@ impl Session {
         let (b, seq) = input.dims2()?;
         let dev = input.device();
         let kv_len = pos + seq;
-        let mask_global = if seq > 1 { Some(causal_mask(seq, pos, None, dev)?) } else { None };
+        // Only the tensor-op attention (GPUs) uses masks: each built on first need.
+        let mut mask_global = None;
         let mut mask_local = None;
         let n_rep = w.n_head / w.n_kv_head;
         let scale = 1.0 / (w.head_dim as f64).sqrt();
@@ -150,7 +151,12 @@ impl Session {
                             }
                             (k, v, mask_local.as_ref())
                         }
-                        _ => (k, v, mask_global.as_ref()),
+                        _ => {
+                            if seq > 1 && mask_global.is_none() {
+                                mask_global = Some(causal_mask(seq, pos, None, dev)?);
+                            }
+                            (k, v, mask_global.as_ref())
+                        }
                     };
                     let k = repeat_kv(k.contiguous()?, n_rep)?;
                     let v = repeat_kv(v.contiguous()?, n_rep)?;

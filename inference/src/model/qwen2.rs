@@ -134,7 +134,8 @@ impl Session {
     pub fn forward(&mut self, input: &Tensor, pos: usize, all: bool) -> Result<Tensor> {
         let w = &*self.w;
         let (b, seq) = input.dims2()?;
-        let mask = if seq > 1 { Some(causal_mask(seq, pos, None, input.device())?) } else { None };
+        // Only the tensor-op attention (GPUs) uses a mask: built on first need.
+        let mut mask: Option<Tensor> = None;
         let cos = w.cos.narrow(0, pos, seq)?;
         let sin = w.sin.narrow(0, pos, seq)?;
         let scale = 1.0 / (w.head_dim as f64).sqrt();
@@ -162,6 +163,9 @@ impl Session {
                     let k = repeat_kv(k.contiguous()?, n_rep)?;
                     let v = repeat_kv(v.contiguous()?, n_rep)?;
                     let att = (q.matmul(&k.t()?)? * scale)?;
+                    if seq > 1 && mask.is_none() {
+                        mask = Some(causal_mask(seq, pos, None, input.device())?);
+                    }
                     let att = match &mask {
                         Some(m) => att.broadcast_add(m)?,
                         None => att,
