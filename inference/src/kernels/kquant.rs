@@ -1,18 +1,22 @@
-//! One-token products (`1 × k` activations times a `[n, k]` matrix) for Q4_K and Q6_K matrices,
-//! read in place from the file's own blocks.
+//! One-token products (`1 × k` activations times a `[n, k]` matrix) for Q4_K and Q6_K matrices.
 //!
 //! candle multiplies a decode step's K-quant matrices with tiles that widen every Q4_K scale and
-//! min to f32 (6 bits read per weight instead of 4.5) and with an AVX2 loop for Q6_K; on the
-//! 1.5B model, whose matrices are all K-quants, those two took 68% of a decode step (perf).
-//! [`KMatrix::gemv_many`] reads the 144-byte Q4_K and 210-byte Q6_K blocks as they are in the
-//! file and multiplies them with AVX-512 VNNI: unpacked quants times Q8_K activations with
-//! `vpmaddubsw`, then weighted by the sub-block scales with `vpdpwssd`, so every sub-block's integer
-//! sum is the exact one of ggml's reference (`ggml_vec_dot_q4_K_q8_K`, `..._q6_K_q8_K`) and only the
-//! order of the float additions differs.
+//! min to f32 (6 bits read per weight instead of 4.5) and a chain of dependent `vpdpbusd`s per
+//! sub-block, and with an AVX2 loop for Q6_K; on the 1.5B model, whose matrices are all K-quants,
+//! those two took 68% of a decode step (perf). Here, with AVX-512 VNNI:
+//! - Q6_K rows are read in place from the file's 210-byte blocks ([`KWeights::Q6K`]);
+//! - Q4_K matrices are re-laid once, at load, into [`Q4KTiles`]: candle's tile layout for the
+//!   quants (16 rows side by side, one lane per row) with the scales and mins kept as the file's
+//!   f16 and 6-bit integers (4.6 bits per weight), read with prefetching and eight independent
+//!   integer sums per super-block.
+//!
+//! Both add their floats exactly as candle's kernels do, so results are candle's bit for bit (unit
+//! tests assert equal bits): every sub-block's integer sum is exact whatever the order of its
+//! products, and the float steps after it are candle's, in its order.
 //!
 //! Activations are quantized to Q8_K like candle's `BlockQ8K::from_float` (ggml's
 //! `quantize_row_q8_K`). Products of several activation rows (prefill) stay with candle, whose
-//! tiles reuse each weight for every row.
+//! tiles and AMX kernel reuse each weight for every row.
 use half::f16;
 
 /// Weights per super-block.
@@ -28,6 +32,7 @@ pub enum KType {
 }
 
 impl KType {
+    #[cfg(test)]
     fn block_bytes(self) -> usize {
         match self {
             KType::Q4K => Q4K_BYTES,
@@ -36,39 +41,22 @@ impl KType {
     }
 }
 
-/// Where a matrix's blocks live: a `[n, k]` row-major run of `n * k / 256` blocks.
-#[derive(Clone, Copy)]
-pub struct KView<'a> {
-    pub ty: KType,
-    pub n: usize,
-    pub k: usize,
-    pub bytes: &'a [u8],
-}
-
-impl KView<'_> {
-    fn row(&self, j: usize) -> &[u8] {
-        let rb = self.k / QK_K * self.ty.block_bytes();
-        &self.bytes[j * rb..(j + 1) * rb]
-    }
-}
-
-/// One row of activations quantized to Q8_K: per super-block a scale, 256 quants (also kept in
-/// the sub-block order the Q4_K kernel reads) and the sums of each 16 quants.
+/// One row of activations quantized to Q8_K: per super-block a scale, 256 quants and the sums of
+/// each 16 quants.
 pub struct Q8KRow {
     k: usize,
     d: Vec<f32>,
     qs: Vec<i8>,
-    /// `qs` with each block's 32-quant sub-blocks in the order 0, 2, 1, 3, 4, 6, 5, 7: the order
-    /// in which a Q4_K block's low and high nibbles hold them.
-    q4k_order: Vec<i8>,
     bsums: Vec<i16>,
+    /// Per 32-quant sub-block, `d · (its two bsums)` as candle's Q4_K tile forms it for the mins.
+    dbsum: Vec<f32>,
 }
 
 /// Quantizes `x` (`k` values, a multiple of 256) to Q8_K as candle's `BlockQ8K::from_float` does.
 pub fn quantize_q8k(x: &[f32]) -> Q8KRow {
     assert!(x.len() % QK_K == 0, "quantize_q8k: {} values, not a multiple of {QK_K}", x.len());
     let nb = x.len() / QK_K;
-    let mut row = Q8KRow { k: x.len(), d: vec![0.0; nb], qs: vec![0; x.len()], q4k_order: vec![0; x.len()], bsums: vec![0; nb * 16] };
+    let mut row = Q8KRow { k: x.len(), d: vec![0.0; nb], qs: vec![0; x.len()], bsums: vec![0; nb * 16], dbsum: vec![0.0; nb * 8] };
     for b in 0..nb {
         let xs = &x[b * QK_K..(b + 1) * QK_K];
         let (mut max, mut amax) = (0f32, 0f32);
@@ -90,8 +78,9 @@ pub fn quantize_q8k(x: &[f32]) -> Q8KRow {
             *s = chunk.iter().map(|&q| q as i16).sum();
         }
         row.d[b] = 1.0 / iscale;
-        for (slot, sub) in [0, 2, 1, 3, 4, 6, 5, 7].into_iter().enumerate() {
-            row.q4k_order[b * QK_K + slot * 32..][..32].copy_from_slice(&qs[sub * 32..sub * 32 + 32]);
+        for sub in 0..8 {
+            let bsum = row.bsums[b * 16 + 2 * sub] as i32 + row.bsums[b * 16 + 2 * sub + 1] as i32;
+            row.dbsum[b * 8 + sub] = row.d[b] * bsum as f32;
         }
     }
     row
@@ -183,33 +172,138 @@ pub fn available() -> bool {
     })
 }
 
-/// Whether `POLYLLM_Q4K_GEMV=1` asks for our one-token Q4_K kernel. It is faster than candle's
-/// tiles (qwen-1.5b decode 1.17-1.21x llama.cpp with it, 0.88x without, measured) but adds each
-/// row's floats in sixteen lanes where candle adds them sub-block by sub-block, so greedy tokens
-/// are not candle's: top-1 agreement 0.985-0.990 on gemma, 0.979 on qwen-1.5b (before the Q6_K
-/// kernel matched candle). Off by default, so that `--kernels fast` keeps candle's numerics.
-pub fn q4k_opted_in() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| matches!(std::env::var("POLYLLM_Q4K_GEMV").as_deref(), Ok("1") | Ok("true")))
+/// Rows of a Q4_K tile, one f32 lane each (candle's `TILE_N`).
+pub const TILE_ROWS: usize = 16;
+
+/// One super-block (256 weights) of 16 rows of a Q4_K matrix.
+#[repr(C, align(64))]
+#[derive(Clone)]
+struct Q4KTile {
+    /// `[group g of 8 weights (32)][row (16)][4 bytes]`: byte `j` holds weight `8g + j` in its low
+    /// nibble and `8g + j + 4` in its high one (candle's `TileQ4K::qs`), so that one 64-byte load
+    /// holds a group for all 16 rows.
+    qs: [u8; QK_K / 8 * TILE_ROWS * 4],
+    /// Per row, the block's `d` and `dmin` (f16 bits).
+    d: [u16; TILE_ROWS],
+    dmin: [u16; TILE_ROWS],
+    /// Per sub-block and row, the 6-bit scale and min.
+    sc: [[u8; TILE_ROWS]; 8],
+    m: [[u8; TILE_ROWS]; 8],
 }
 
-fn row_fast(ty: KType, w: &[u8], x: &Q8KRow) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: `available` checked the features; `w` holds k / 256 blocks of `ty` (KView::row)
-        // and `x` k quantized activations.
-        return unsafe {
-            match ty {
-                KType::Q4K => x86::q4k_row(w, x),
-                KType::Q6K => x86::q6k_row(w, x),
+/// A `[n, k]` Q4_K matrix (`n` a multiple of 16) re-laid as tiles, those of rows `16t..16t + 16`
+/// one after another along `k` so that a unit of work streams through one run of memory. It holds
+/// every weight, scale and min of the file exactly; 2,368 bytes per 4,096 weights where the file
+/// takes 2,304 (candle's tiles, which widen scales and mins to f32, take 3,072).
+pub struct Q4KTiles {
+    n: usize,
+    k: usize,
+    tiles: Vec<Q4KTile>,
+}
+
+impl Q4KTiles {
+    /// Re-lays `bytes`, the Q4_K blocks of a `[n, k]` matrix as the file holds them; `None` where `n`
+    /// is not a multiple of 16 or `k` of 256 (candle's kernels then take the matrix).
+    pub fn new(bytes: &[u8], n: usize, k: usize) -> Option<Q4KTiles> {
+        if n == 0 || n % TILE_ROWS != 0 || k % QK_K != 0 || bytes.len() != n * k / QK_K * Q4K_BYTES {
+            return None;
+        }
+        let kb = k / QK_K;
+        let empty = Q4KTile { qs: [0; QK_K / 8 * TILE_ROWS * 4], d: [0; TILE_ROWS], dmin: [0; TILE_ROWS], sc: [[0; TILE_ROWS]; 8], m: [[0; TILE_ROWS]; 8] };
+        let mut tiles = vec![empty; n / TILE_ROWS * kb];
+        let fill = |i: usize, tile: &mut Q4KTile| {
+            let (t, b) = (i / kb, i % kb);
+            for r in 0..TILE_ROWS {
+                let blk = &bytes[((t * TILE_ROWS + r) * kb + b) * Q4K_BYTES..][..Q4K_BYTES];
+                tile.d[r] = u16::from_le_bytes([blk[0], blk[1]]);
+                tile.dmin[r] = u16::from_le_bytes([blk[2], blk[3]]);
+                for j in 0..8 {
+                    (tile.sc[j][r], tile.m[j][r]) = scale_min_k4(j, &blk[4..16]);
+                }
+                // Weight `w` of the block: the low nibbles of its 32-byte chunk `w / 64` hold
+                // `w % 64 < 32`, the high nibbles the rest.
+                let qs = &blk[16..];
+                let q = |w: usize| {
+                    let byte = qs[w / 64 * 32 + w % 32];
+                    if w % 64 < 32 { byte & 0xF } else { byte >> 4 }
+                };
+                for g in 0..QK_K / 8 {
+                    for j in 0..4 {
+                        tile.qs[(g * TILE_ROWS + r) * 4 + j] = q(8 * g + j) | (q(8 * g + j + 4) << 4);
+                    }
+                }
             }
         };
+        // Re-laying a 1.5B model's matrices is a pass over a gigabyte: spread it over the cores.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = tiles.len().div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for (c, chunk) in tiles.chunks_mut(per).enumerate() {
+                let fill = &fill;
+                s.spawn(move || chunk.iter_mut().enumerate().for_each(|(i, tile)| fill(c * per + i, tile)));
+            }
+        });
+        Some(Q4KTiles { n, k, tiles })
     }
-    row_scalar(ty, w, x)
+
+    /// Bytes the tiles take.
+    pub fn size_bytes(&self) -> usize {
+        self.tiles.len() * std::mem::size_of::<Q4KTile>()
+    }
+
+    /// The tiles of rows `16u..16u + 16`, along `k`.
+    fn unit(&self, u: usize) -> &[Q4KTile] {
+        let kb = self.k / QK_K;
+        &self.tiles[u * kb..(u + 1) * kb]
+    }
 }
 
-/// Rows per unit of parallel work.
-const UNIT: usize = 16;
+/// Rows `16u..16u + 16` of a Q4_K matrix times `x`, lane by lane in candle's float order (its
+/// `q4k_tile`): per sub-block `acc = fma(isum, (d·sc)·dall, acc)`, then `acc -= (dmin·m)·(dall·bsum)`
+/// fused. The reference for the AVX-512 kernel, and its stand-in where that does not run.
+fn q4k_unit_scalar(tiles: &[Q4KTile], x: &Q8KRow, out: &mut [f32]) {
+    let mut acc = [0f32; TILE_ROWS];
+    for (b, tile) in tiles.iter().enumerate() {
+        let a = &x.qs[b * QK_K..(b + 1) * QK_K];
+        for sub in 0..8 {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let mut isum = 0i32;
+                for g in sub * 4..sub * 4 + 4 {
+                    for j in 0..4 {
+                        let byte = tile.qs[(g * TILE_ROWS + r) * 4 + j];
+                        isum += (byte & 0xF) as i32 * a[8 * g + j] as i32 + (byte >> 4) as i32 * a[8 * g + j + 4] as i32;
+                    }
+                }
+                let scale = f16::from_bits(tile.d[r]).to_f32() * tile.sc[sub][r] as f32;
+                let min = f16::from_bits(tile.dmin[r]).to_f32() * tile.m[sub][r] as f32;
+                *acc = (isum as f32).mul_add(scale * x.d[b], *acc);
+                *acc = (-min).mul_add(x.dbsum[b * 8 + sub], *acc);
+            }
+        }
+    }
+    out.copy_from_slice(&acc);
+}
+
+/// The weights of one matrix as the kernels read them.
+#[derive(Clone, Copy)]
+pub enum KWeights<'a> {
+    /// A `[n, k]` matrix of Q6_K blocks as in the file.
+    Q6K { n: usize, k: usize, bytes: &'a [u8] },
+    /// A Q4_K matrix re-laid at load.
+    Q4K(&'a Q4KTiles),
+}
+
+impl KWeights<'_> {
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            KWeights::Q6K { n, k, .. } => (*n, *k),
+            KWeights::Q4K(t) => (t.n, t.k),
+        }
+    }
+}
+
+/// Rows per unit of parallel work: one Q4_K tile.
+const UNIT: usize = TILE_ROWS;
 
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
@@ -219,24 +313,41 @@ unsafe impl Sync for SharedOut {}
 
 /// `x @ w^T` for each of `ws` (matrices of `x`'s width): one dispatch to candle's worker pool for
 /// all of them, units of 16 rows numbered across the matrices.
-pub fn gemv_many(ws: &[KView], x: &Q8KRow) -> Vec<Vec<f32>> {
-    gemv_many_with(ws, x, row_fast)
+pub fn gemv_many(ws: &[KWeights], x: &Q8KRow) -> Vec<Vec<f32>> {
+    gemv_many_with(ws, x, available())
 }
 
-fn gemv_many_with(ws: &[KView], x: &Q8KRow, row: fn(KType, &[u8], &Q8KRow) -> f32) -> Vec<Vec<f32>> {
+/// [`gemv_many`] with the AVX-512 kernels (`fast`, where [`available`]) or the scalar ones.
+fn gemv_many_with(ws: &[KWeights], x: &Q8KRow, fast: bool) -> Vec<Vec<f32>> {
     for w in ws {
-        assert_eq!(w.k, x.k, "gemv: activations of width {} against weights of width {}", x.k, w.k);
-        assert_eq!(w.bytes.len(), w.n * w.k / QK_K * w.ty.block_bytes(), "gemv: {:?} matrix of {} bytes", w.ty, w.bytes.len());
+        let (n, k) = w.dims();
+        assert_eq!(k, x.k, "gemv: activations of width {} against weights of width {k}", x.k);
+        if let KWeights::Q6K { bytes, .. } = w {
+            assert_eq!(bytes.len(), n * k / QK_K * Q6K_BYTES, "gemv: Q6_K matrix of {} bytes", bytes.len());
+        }
     }
-    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.n]).collect();
-    let units = super::Units::new(ws.iter().map(|w| w.n).collect(), UNIT);
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.dims().0]).collect();
+    let units = super::Units::new(ws.iter().map(|w| w.dims().0).collect(), UNIT);
     let dsts: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
     let run = |range: std::ops::Range<usize>| {
-        units.each(range, |t, j0, j1| {
-            for j in j0..j1 {
-                // SAFETY: each call gets a disjoint range of units, i.e. of rows of each matrix,
-                // and writes only those entries of that matrix's `n` outputs.
-                unsafe { *dsts[t].0.add(j) = row(ws[t].ty, ws[t].row(j), x) };
+        units.each(range, |t, j0, j1| match ws[t] {
+            KWeights::Q6K { n, k, bytes } => {
+                let row_bytes = k / QK_K * Q6K_BYTES;
+                for j in j0..j1.min(n) {
+                    let w = &bytes[j * row_bytes..(j + 1) * row_bytes];
+                    let v = if fast { q6k_row_fast(w, x) } else { row_scalar(KType::Q6K, w, x) };
+                    // SAFETY: each call gets a disjoint range of units, i.e. of rows of each
+                    // matrix, and writes only those entries of that matrix's `n` outputs.
+                    unsafe { *dsts[t].0.add(j) = v };
+                }
+            }
+            KWeights::Q4K(tiles) => {
+                // Units are whole tiles: j0 and j1 are multiples of 16 (n is).
+                for u in j0 / TILE_ROWS..j1 / TILE_ROWS {
+                    // SAFETY: as above; rows 16u..16u + 16 are this call's.
+                    let out = unsafe { std::slice::from_raw_parts_mut(dsts[t].0.add(u * TILE_ROWS), TILE_ROWS) };
+                    q4k_unit(tiles.unit(u), x, out, fast);
+                }
             }
         });
     };
@@ -249,9 +360,29 @@ fn gemv_many_with(ws: &[KView], x: &Q8KRow, row: fn(KType, &[u8], &Q8KRow) -> f3
     outs
 }
 
+fn q6k_row_fast(w: &[u8], x: &Q8KRow) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: `available` checked the features; `w` holds k / 256 Q6_K blocks and `x` k
+        // quantized activations.
+        return unsafe { x86::q6k_row(w, x) };
+    }
+    row_scalar(KType::Q6K, w, x)
+}
+
+fn q4k_unit(tiles: &[Q4KTile], x: &Q8KRow, out: &mut [f32], fast: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if fast && available() {
+        // SAFETY: `available` checked the features; `tiles` are k / 256 tiles, `x` holds k
+        // quantized activations and `out` 16 floats.
+        return unsafe { x86::q4k_unit(tiles, x, out) };
+    }
+    q4k_unit_scalar(tiles, x, out)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Q8KRow, Q4K_BYTES, Q6K_BYTES, QK_K};
+    use super::{Q4KTile, Q8KRow, Q6K_BYTES, QK_K};
     use std::arch::x86_64::*;
 
     /// How far ahead of the block being multiplied the weights are fetched into cache, in bytes.
@@ -277,17 +408,6 @@ mod x86 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u16) as i32)))
     }
 
-    /// i16 lane indices: lanes 0..16 take scale `a`, lanes 16..32 scale `b`.
-    const fn pair(a: i16, b: i16) -> [i16; 32] {
-        let mut v = [0i16; 32];
-        let mut i = 0;
-        while i < 32 {
-            v[i] = if i < 16 { a } else { b };
-            i += 1;
-        }
-        v
-    }
-
     /// i16 lane indices: lane `i` takes scale `first + i / 8`.
     const fn quad(first: i16) -> [i16; 32] {
         let mut v = [0i16; 32];
@@ -299,7 +419,6 @@ mod x86 {
         v
     }
 
-    const Q4K_SCALES: [[i16; 32]; 4] = [pair(0, 2), pair(1, 3), pair(4, 6), pair(5, 7)];
     const Q6K_SCALES: [[i16; 32]; 4] = [quad(0), quad(4), quad(8), quad(12)];
 
     #[inline(always)]
@@ -307,60 +426,51 @@ mod x86 {
         _mm512_loadu_si512(v.as_ptr() as *const _)
     }
 
-    /// One Q4_K row times `x`. Per block the 128 bytes of nibbles are two 64-byte loads; their low
-    /// and high nibbles are four vectors holding sub-blocks (0, 2), (1, 3), (4, 6), (5, 7), which
-    /// `x.q4k_order` lines up with. `vpmaddubsw` forms pairs of products (at most 2·15·128, no
-    /// saturation), `vpdpwssd` weights them by their sub-block's 6-bit scale into i32 lanes.
+    /// The 4 activation bytes at `a + off` in every 32-bit lane.
+    #[inline(always)]
+    unsafe fn bcast4(a: *const u8, off: usize) -> __m512i {
+        _mm512_set1_epi32(std::ptr::read_unaligned(a.add(off) as *const i32))
+    }
+
+    /// Rows `16u..16u + 16` of a Q4_K matrix (`tiles`, along `k`) times `x`, bit for bit candle's
+    /// `q4k_tile`: per super-block, eight integer sums per row (one `vpdpbusd` chain per
+    /// sub-block, all eight independent where candle's are two at a time), then candle's float
+    /// steps per sub-block in its order. The next tile is fetched into cache while this one is
+    /// multiplied.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F, BW and VNNI; `w` holds `x.k / 256` Q4_K blocks.
+    /// The CPU has AVX-512 F, BW, VNNI and F16C; `x` holds `256 · tiles.len()` quants and `out` 16
+    /// floats.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    pub unsafe fn q4k_row(w: &[u8], x: &Q8KRow) -> f32 {
-        const K1: u32 = 0x3f3f3f3f;
-        const K2: u32 = 0x0f0f0f0f;
-        const K3: u32 = 0x03030303;
+    pub unsafe fn q4k_unit(tiles: &[Q4KTile], x: &Q8KRow, out: &mut [f32]) {
         let nib = _mm512_set1_epi8(0x0F);
-        // mins of sub-blocks 0..8 (bytes 8..16 of the unpacked scales), each twice, as bytes.
-        let dup_mins = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
-        let (i0, i1, i2, i3) = (idx(&Q4K_SCALES[0]), idx(&Q4K_SCALES[1]), idx(&Q4K_SCALES[2]), idx(&Q4K_SCALES[3]));
         let mut acc = _mm512_setzero_ps();
-        let mut accm = _mm256_setzero_ps();
-        for b in 0..x.k / QK_K {
-            let blk = w.as_ptr().add(b * Q4K_BYTES);
-            prefetch(blk, Q4K_BYTES);
-            let yd = *x.d.get_unchecked(b);
-            let (d, dmin) = (yd * f16_at(blk), yd * f16_at(blk.add(2)));
-            let word = |i: usize| std::ptr::read_unaligned(blk.add(4 + 4 * i) as *const u32);
-            let mut u = [word(0), word(1), word(2), 0];
-            u[3] = ((u[2] >> 4) & K2) | (((u[1] >> 6) & K3) << 4);
-            let uaux = u[1] & K1;
-            u[1] = (u[2] & K2) | (((u[0] >> 6) & K3) << 4);
-            u[2] = uaux;
-            u[0] &= K1;
-            // bytes 0..8: the scales, 8..16: the mins.
-            let sm = _mm_setr_epi32(u[0] as i32, u[1] as i32, u[2] as i32, u[3] as i32);
-            let bsums = _mm256_loadu_si256(x.bsums.as_ptr().add(b * 16) as *const _);
-            let mins = _mm256_madd_epi16(bsums, _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, dup_mins)));
-            accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(mins), accm);
-
-            let sc = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(sm));
-            let q0 = _mm512_loadu_si512(blk.add(16) as *const _);
-            let q1 = _mm512_loadu_si512(blk.add(80) as *const _);
-            let a = x.q4k_order.as_ptr().add(b * QK_K);
-            let p0 = _mm512_maddubs_epi16(_mm512_and_si512(q0, nib), _mm512_loadu_si512(a as *const _));
-            let p1 = _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(q0, 4), nib), _mm512_loadu_si512(a.add(64) as *const _));
-            let p2 = _mm512_maddubs_epi16(_mm512_and_si512(q1, nib), _mm512_loadu_si512(a.add(128) as *const _));
-            let p3 = _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(q1, 4), nib), _mm512_loadu_si512(a.add(192) as *const _));
-            let s0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), p0, _mm512_permutexvar_epi16(i0, sc));
-            let s1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), p1, _mm512_permutexvar_epi16(i1, sc));
-            let s0 = _mm512_dpwssd_epi32(s0, p2, _mm512_permutexvar_epi16(i2, sc));
-            let s1 = _mm512_dpwssd_epi32(s1, p3, _mm512_permutexvar_epi16(i3, sc));
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc);
+        for (b, tile) in tiles.iter().enumerate() {
+            let p = tile as *const Q4KTile as *const u8;
+            prefetch(p, std::mem::size_of::<Q4KTile>());
+            let a = x.qs.as_ptr().add(b * QK_K) as *const u8;
+            let q = tile.qs.as_ptr();
+            let mut isum = [_mm512_setzero_si512(); 8];
+            for (sub, isum) in isum.iter_mut().enumerate() {
+                for g in sub * 4..sub * 4 + 4 {
+                    let w = _mm512_load_si512(q.add(g * 64) as *const _);
+                    *isum = _mm512_dpbusd_epi32(*isum, _mm512_and_si512(w, nib), bcast4(a, 8 * g));
+                    *isum = _mm512_dpbusd_epi32(*isum, _mm512_and_si512(_mm512_srli_epi16(w, 4), nib), bcast4(a, 8 * g + 4));
+                }
+            }
+            let dall = _mm512_set1_ps(*x.d.get_unchecked(b));
+            let d = _mm512_cvtph_ps(_mm256_load_si256(tile.d.as_ptr() as *const _));
+            let dmin = _mm512_cvtph_ps(_mm256_load_si256(tile.dmin.as_ptr() as *const _));
+            for (sub, isum) in isum.iter().enumerate() {
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(tile.sc[sub].as_ptr() as *const _)));
+                let m = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(tile.m[sub].as_ptr() as *const _)));
+                let scale = _mm512_mul_ps(d, sc);
+                let min = _mm512_mul_ps(dmin, m);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*isum), _mm512_mul_ps(scale, dall), acc);
+                acc = _mm512_fnmadd_ps(min, _mm512_set1_ps(*x.dbsum.get_unchecked(b * 8 + sub)), acc);
+            }
         }
-        let m = _mm_add_ps(_mm256_castps256_ps128(accm), _mm256_extractf128_ps(accm, 1));
-        let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(m)
+        _mm512_storeu_ps(out.as_mut_ptr(), acc);
     }
 
     /// One Q6_K row times `x`. Per 128-weight half, the 64 bytes of low nibbles and the 32 bytes of
@@ -470,32 +580,50 @@ mod tests {
         qmm.forward(&xs).unwrap().flatten_all().unwrap().to_vec1().unwrap()
     }
 
-    /// Every output of the fast kernel, the scalar reference and candle's kernel agree to float
-    /// rounding, for both block types, with several matrices in one call.
+    /// Every output of the fast kernels, the scalar ones and candle's kernel: equal bits, and
+    /// within float rounding of the integer reference (`row_scalar`), for both block types, with
+    /// matrices of both types in one call.
     #[test]
     fn kernels_match_the_reference_and_candle() {
         let mut rng = Rng(0x9E3779B97F4A7C15);
-        for &(n, k) in &[(48, 256), (37, 1536), (20, 2304)] {
+        for &(n, k) in &[(48, 256), (32, 1536), (80, 2304)] {
             let x: Vec<f32> = (0..k).map(|_| rng.f32() * 3.0).collect();
             let q = quantize_q8k(&x);
-            let mats: Vec<(KType, Vec<u8>)> = [KType::Q4K, KType::Q6K].into_iter().map(|ty| (ty, random_matrix(ty, n, k, &mut rng))).collect();
-            let views: Vec<KView> = mats.iter().map(|(ty, b)| KView { ty: *ty, n, k, bytes: b }).collect();
-            let fast = gemv_many(&views, &q);
-            let scalar = gemv_many_with(&views, &q, row_scalar);
-            for (((ty, bytes), f), s) in mats.iter().zip(&fast).zip(&scalar) {
-                let theirs = candle_gemv(*ty, bytes, n, k, &x);
+            let q4k = random_matrix(KType::Q4K, n, k, &mut rng);
+            let q6k = random_matrix(KType::Q6K, n, k, &mut rng);
+            let tiles = Q4KTiles::new(&q4k, n, k).expect("n is a multiple of 16");
+            let weights = [KWeights::Q4K(&tiles), KWeights::Q6K { n, k, bytes: &q6k }];
+            let fast = gemv_many(&weights, &q);
+            let scalar = gemv_many_with(&weights, &q, false);
+            for (i, (ty, bytes)) in [(KType::Q4K, &q4k), (KType::Q6K, &q6k)].into_iter().enumerate() {
+                let theirs = candle_gemv(ty, bytes, n, k, &x);
+                let row_bytes = k / QK_K * ty.block_bytes();
                 for j in 0..n {
-                    let tol = 1e-4 * (1.0 + s[j].abs());
-                    assert!((f[j] - s[j]).abs() <= tol, "{ty:?} {n}x{k} row {j}: fast {} scalar {}", f[j], s[j]);
-                    assert!((theirs[j] - s[j]).abs() <= tol, "{ty:?} {n}x{k} row {j}: candle {} scalar {}", theirs[j], s[j]);
-                    if *ty == KType::Q6K && available() {
-                        // Bit for bit: the same lanes and the same float order as candle's kernel.
-                        assert_eq!(f[j].to_bits(), theirs[j].to_bits(), "{ty:?} {n}x{k} row {j}: fast {} candle {}", f[j], theirs[j]);
+                    let reference = row_scalar(ty, &bytes[j * row_bytes..(j + 1) * row_bytes], &q);
+                    let tol = 1e-4 * (1.0 + reference.abs());
+                    assert!((theirs[j] - reference).abs() <= tol, "{ty:?} {n}x{k} row {j}: candle {} reference {reference}", theirs[j]);
+                    assert!((scalar[i][j] - reference).abs() <= tol, "{ty:?} {n}x{k} row {j}: scalar {} reference {reference}", scalar[i][j]);
+                    if available() {
+                        // Bit for bit: candle's integer sums and its float steps in its order.
+                        assert_eq!(fast[i][j].to_bits(), theirs[j].to_bits(), "{ty:?} {n}x{k} row {j}: fast {} candle {}", fast[i][j], theirs[j]);
+                        if ty == KType::Q4K {
+                            assert_eq!(scalar[i][j].to_bits(), theirs[j].to_bits(), "{ty:?} {n}x{k} row {j}: scalar {} candle {}", scalar[i][j], theirs[j]);
+                        }
                     }
                 }
-                assert!(s.iter().any(|v| v.abs() > 1e-3), "{ty:?}: degenerate test data");
+                assert!(theirs.iter().any(|v| v.abs() > 1e-3), "{ty:?}: degenerate test data");
             }
         }
+    }
+
+    /// Rows not in multiples of 16 or a width not of whole blocks are left to candle.
+    #[test]
+    fn q4k_tiles_take_only_whole_tiles() {
+        let mut rng = Rng(7);
+        assert!(Q4KTiles::new(&random_matrix(KType::Q4K, 37, 256, &mut rng), 37, 256).is_none());
+        assert!(Q4KTiles::new(&random_matrix(KType::Q4K, 16, 256, &mut rng), 16, 512).is_none());
+        let t = Q4KTiles::new(&random_matrix(KType::Q4K, 32, 512, &mut rng), 32, 512).unwrap();
+        assert_eq!(t.size_bytes(), 2 * 2 * 2368);
     }
 
     /// The quantization is candle's, quant for quant.

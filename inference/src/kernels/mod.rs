@@ -1,7 +1,7 @@
 //! The weight matrices of the models and how they are multiplied: our CPU kernels where they beat
-//! candle's (Q8_0/Q5_0/Q4_0 matrices in [`q8`]; one-token products of Q6_K matrices, and of Q4_K
-//! ones on request, in [`kquant`]), candle's `QMatMul` elsewhere (K-quant prompts, other block types,
-//! and always on a GPU).
+//! candle's (Q8_0/Q5_0/Q4_0 matrices in [`q8`]; one-token products of Q4_K and Q6_K matrices in
+//! [`kquant`]), candle's `QMatMul` elsewhere (K-quant prompts, other block types, and always on a
+//! GPU).
 //!
 //! Which one a matrix gets is decided once, at load, by [`Kernels`] and the matrix's block type.
 pub mod kquant;
@@ -47,9 +47,9 @@ impl Units {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kernels {
     /// Our kernels for Q8_0, Q5_0 and Q4_0 matrices (every weight kept bit for bit: Q5_0 in its
-    /// own packing, Q4_0 widened to 8 bits), and for one-token products of Q6_K matrices (read in
-    /// place, AVX-512 VNNI, bit for bit candle's results; Q4_K too with `POLYLLM_Q4K_GEMV=1`);
-    /// K-quant prompts through candle's tiled and AMX kernels.
+    /// own packing, Q4_0 widened to 8 bits), and for one-token products of Q4_K and Q6_K matrices
+    /// (AVX-512 VNNI, bit for bit candle's results); K-quant prompts through candle's tiled and
+    /// AMX kernels.
     #[default]
     Fast,
     /// candle's kernels, Q4_0/Q5_0 re-packed as Q8_0.
@@ -62,8 +62,8 @@ pub enum Kernels {
 pub enum Linear {
     /// Every product through our kernels.
     Q8(Q8Matrix),
-    /// A Q4_K or Q6_K matrix: one-token products through our kernels ([`kquant`]), reading the
-    /// file's blocks in place; longer inputs through candle's.
+    /// A Q4_K or Q6_K matrix: one-token products through our kernels ([`kquant`]); longer inputs
+    /// through candle's.
     K(KMatrix),
     /// candle's kernel.
     Candle(QMatMul),
@@ -73,26 +73,29 @@ pub enum Linear {
 pub struct KMatrix {
     candle: QMatMul,
     t: Arc<QTensor>,
-    ty: kquant::KType,
+    /// A Q4_K matrix re-laid for our one-token kernel; `None` for Q6_K, read in place.
+    q4k: Option<kquant::Q4KTiles>,
 }
 
 impl KMatrix {
-    /// `t` as a [`KMatrix`] where it is a 2-D Q4_K/Q6_K matrix of whole super-blocks on the CPU and
-    /// our kernels run here.
+    /// `t` as a [`KMatrix`] where it is a 2-D Q4_K/Q6_K matrix of whole super-blocks (Q4_K: of
+    /// rows in multiples of 16) on the CPU and our kernels run here.
     fn new(t: QTensor) -> Result<std::result::Result<KMatrix, QTensor>> {
-        let ty = match t.dtype() {
-            GgmlDType::Q6K => kquant::KType::Q6K,
-            // Our Q4_K kernel adds its floats in another order than candle's (see kquant), which
-            // moved gemma's top-1 agreement to 0.985-0.990: opt-in only.
-            GgmlDType::Q4K if kquant::q4k_opted_in() => kquant::KType::Q4K,
-            _ => return Ok(Err(t)),
-        };
-        let k = t.shape().dims().last().copied().unwrap_or(0);
-        if !kquant::available() || t.shape().dims().len() != 2 || k % kquant::QK_K != 0 {
+        let dims = t.shape().dims();
+        if !kquant::available() || dims.len() != 2 || dims[1] % kquant::QK_K != 0 {
             return Ok(Err(t));
         }
+        let (n, k) = (dims[0], dims[1]);
+        let q4k = match t.dtype() {
+            GgmlDType::Q6K => None,
+            GgmlDType::Q4K => match kquant::Q4KTiles::new(&t.data()?, n, k) {
+                Some(tiles) => Some(tiles),
+                None => return Ok(Err(t)),
+            },
+            _ => return Ok(Err(t)),
+        };
         let t = Arc::new(t);
-        Ok(Ok(KMatrix { candle: QMatMul::QTensor(t.clone()), t, ty }))
+        Ok(Ok(KMatrix { candle: QMatMul::QTensor(t.clone()), t, q4k }))
     }
 
     fn dims(&self) -> (usize, usize) {
@@ -109,11 +112,14 @@ impl KMatrix {
         }
         let q = kquant::quantize_q8k(&xs);
         let data = ws.iter().map(|w| w.t.data()).collect::<Result<Vec<_>>>()?;
-        let views: Vec<kquant::KView> = ws.iter().zip(&data).map(|(w, d)| {
-            let (n, k) = w.dims();
-            kquant::KView { ty: w.ty, n, k, bytes: d }
+        let weights: Vec<kquant::KWeights> = ws.iter().zip(&data).map(|(w, bytes)| match &w.q4k {
+            Some(tiles) => kquant::KWeights::Q4K(tiles),
+            None => {
+                let (n, k) = w.dims();
+                kquant::KWeights::Q6K { n, k, bytes }
+            }
         }).collect();
-        kquant::gemv_many(&views, &q).into_iter().zip(ws).map(|(out, w)| q8_output(out, w.dims().0, x)).collect()
+        kquant::gemv_many(&weights, &q).into_iter().zip(ws).map(|(out, w)| q8_output(out, w.dims().0, x)).collect()
     }
 }
 
