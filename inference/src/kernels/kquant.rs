@@ -17,6 +17,7 @@
 //! Activations are quantized to Q8_K like candle's `BlockQ8K::from_float` (ggml's
 //! `quantize_row_q8_K`). Products of several activation rows (prefill) stay with candle, whose
 //! tiles and AMX kernel reuse each weight for every row.
+use super::OutPtr;
 use half::f16;
 
 /// Weights per super-block.
@@ -32,8 +33,7 @@ pub enum KType {
 }
 
 impl KType {
-    #[cfg(test)]
-    fn block_bytes(self) -> usize {
+    fn bytes(self) -> usize {
         match self {
             KType::Q4K => Q4K_BYTES,
             KType::Q6K => Q6K_BYTES,
@@ -284,6 +284,94 @@ fn q4k_unit_scalar(tiles: &[Q4KTile], x: &Q8KRow, out: &mut [f32]) {
     out.copy_from_slice(&acc);
 }
 
+/// A Q4_K or Q6_K matrix as the file holds it (`[n, k]`, blocks row by row): what the tile unit
+/// ([`super::amx`]) unpacks for prompts, 16 rows at a time.
+pub struct KRows<'a> {
+    pub ty: KType,
+    pub n: usize,
+    pub k: usize,
+    pub bytes: &'a [u8],
+}
+
+impl KRows<'_> {
+    fn block(&self, row: usize, b: usize) -> &[u8] {
+        let (bytes, kb) = (self.ty.bytes(), self.k / QK_K);
+        &self.bytes[(row * kb + b) * bytes..][..bytes]
+    }
+}
+
+impl super::amx::TileRows for KRows<'_> {
+    fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    fn group(&self) -> usize {
+        match self.ty {
+            KType::Q4K => 32,
+            KType::Q6K => 16,
+        }
+    }
+
+    fn has_mins(&self) -> bool {
+        self.ty == KType::Q4K
+    }
+
+    fn quants(&self, n0: usize, take: usize, rows: &mut [i8]) {
+        for r in 0..take {
+            for b in 0..self.k / QK_K {
+                let (blk, out) = (self.block(n0 + r, b), &mut rows[r * self.k + b * QK_K..][..QK_K]);
+                match self.ty {
+                    // Weight `64c + l` (l < 32) is the low nibble of byte `32c + l`, `64c + 32 + l` its high one.
+                    KType::Q4K => {
+                        for (c, chunk) in blk[16..].chunks_exact(32).enumerate() {
+                            for (l, &v) in chunk.iter().enumerate() {
+                                out[64 * c + l] = (v & 0xF) as i8;
+                                out[64 * c + 32 + l] = (v >> 4) as i8;
+                            }
+                        }
+                    }
+                    // As `row_scalar` reads them.
+                    KType::Q6K => {
+                        for half in 0..2 {
+                            let (ql, qh, o) = (&blk[64 * half..], &blk[128 + 32 * half..], &mut out[128 * half..]);
+                            for l in 0..32 {
+                                o[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
+                                o[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                                o[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                                o[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn scales(&self, n0: usize, take: usize, dw: &mut [[f32; super::amx::T]], mw: &mut [[f32; super::amx::T]]) {
+        for r in 0..take {
+            for b in 0..self.k / QK_K {
+                let blk = self.block(n0 + r, b);
+                match self.ty {
+                    KType::Q4K => {
+                        let (d, dmin) = (f16_at(blk), f16_at(&blk[2..]));
+                        for j in 0..8 {
+                            let (sc, m) = scale_min_k4(j, &blk[4..16]);
+                            dw[b * 8 + j][r] = d * sc as f32;
+                            mw[b * 8 + j][r] = dmin * m as f32;
+                        }
+                    }
+                    KType::Q6K => {
+                        let d = f16_at(&blk[208..]);
+                        for j in 0..16 {
+                            dw[b * 16 + j][r] = d * (blk[192 + j] as i8) as f32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The weights of one matrix as the kernels read them.
 #[derive(Clone, Copy)]
 pub enum KWeights<'a> {
@@ -305,11 +393,6 @@ impl KWeights<'_> {
 /// Rows per unit of parallel work: one Q4_K tile.
 const UNIT: usize = TILE_ROWS;
 
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: workers write disjoint index ranges (see `gemv_many`).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
 
 /// `x @ w^T` for each of `ws` (matrices of `x`'s width): one dispatch to candle's worker pool for
 /// all of them, units of 16 rows numbered across the matrices.
@@ -328,7 +411,7 @@ fn gemv_many_with(ws: &[KWeights], x: &Q8KRow, fast: bool) -> Vec<Vec<f32>> {
     }
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.dims().0]).collect();
     let units = super::Units::new(ws.iter().map(|w| w.dims().0).collect(), UNIT);
-    let dsts: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+    let dsts: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
     let run = |range: std::ops::Range<usize>| {
         units.each(range, |t, j0, j1| match ws[t] {
             KWeights::Q6K { n, k, bytes } => {
@@ -552,8 +635,8 @@ mod tests {
 
     /// `n` rows of `k` weights as blocks of `ty`: random quants and scales, small positive `d`.
     fn random_matrix(ty: KType, n: usize, k: usize, rng: &mut Rng) -> Vec<u8> {
-        let mut bytes = vec![0u8; n * k / QK_K * ty.block_bytes()];
-        for blk in bytes.chunks_exact_mut(ty.block_bytes()) {
+        let mut bytes = vec![0u8; n * k / QK_K * ty.bytes()];
+        for blk in bytes.chunks_exact_mut(ty.bytes()) {
             for b in blk.iter_mut() {
                 *b = rng.next() as u8;
             }
@@ -597,7 +680,7 @@ mod tests {
             let scalar = gemv_many_with(&weights, &q, false);
             for (i, (ty, bytes)) in [(KType::Q4K, &q4k), (KType::Q6K, &q6k)].into_iter().enumerate() {
                 let theirs = candle_gemv(ty, bytes, n, k, &x);
-                let row_bytes = k / QK_K * ty.block_bytes();
+                let row_bytes = k / QK_K * ty.bytes();
                 for j in 0..n {
                     let reference = row_scalar(ty, &bytes[j * row_bytes..(j + 1) * row_bytes], &q);
                     let tol = 1e-4 * (1.0 + reference.abs());
@@ -624,6 +707,42 @@ mod tests {
         assert!(Q4KTiles::new(&random_matrix(KType::Q4K, 16, 256, &mut rng), 16, 512).is_none());
         let t = Q4KTiles::new(&random_matrix(KType::Q4K, 32, 512, &mut rng), 32, 512).unwrap();
         assert_eq!(t.size_bytes(), 2 * 2 * 2368);
+    }
+
+    /// Prompts on the tile unit: both block types unpack to the weights candle dequantizes, with
+    /// their scales (and Q4_K's mins), so the products are those of the dequantized weights and
+    /// the Q8_0-quantized activations, to float rounding.
+    #[test]
+    fn tile_unit_reads_k_quants_as_candle_dequantizes_them() {
+        use crate::kernels::{amx, q8};
+        if !amx::available() {
+            eprintln!("no AMX on this CPU: nothing to check");
+            return;
+        }
+        let mut rng = Rng(99);
+        let (m, n, k) = (40, 48, 512);
+        let xs: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
+        let x = q8::quantize_rows(&xs, k);
+        let xd = x.dequantize();
+        let mats: Vec<(KType, Vec<u8>)> = [KType::Q4K, KType::Q6K].into_iter().map(|ty| (ty, random_matrix(ty, n, k, &mut rng))).collect();
+        let rows: Vec<KRows> = mats.iter().map(|(ty, bytes)| KRows { ty: *ty, n, k, bytes }).collect();
+        let got = amx::matmul_many(&[&rows[0], &rows[1]], &x);
+        for ((ty, bytes), got) in mats.iter().zip(&got) {
+            let dtype = if *ty == KType::Q4K { GgmlDType::Q4K } else { GgmlDType::Q6K };
+            let storage = QStorage::from_data(std::borrow::Cow::Borrowed(&bytes[..]), &Device::Cpu, dtype).unwrap();
+            let w: Vec<f32> = QTensor::new(storage, (n, k)).unwrap().dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let mut worst = 0f64;
+            let mut scale = 0f64;
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|t| xd[i * k + t] as f64 * w[j * k + t] as f64).sum();
+                    worst = worst.max((got[i * n + j] as f64 - want).abs());
+                    scale = scale.max(want.abs());
+                }
+            }
+            assert!(scale > 0.1, "{ty:?}: degenerate test data");
+            assert!(worst <= 1e-5 * scale, "{ty:?}: off by {worst} at scale {scale}");
+        }
     }
 
     /// The quantization is candle's, quant for quant.

@@ -4,6 +4,7 @@
 //! GPU).
 //!
 //! Which one a matrix gets is decided once, at load, by [`Kernels`] and the matrix's block type.
+pub mod amx;
 pub mod kquant;
 pub mod q8;
 
@@ -11,6 +12,22 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use q8::Q8Matrix;
 use std::sync::Arc;
+
+/// An output buffer that several workers write at disjoint places (each user says where).
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: workers write disjoint index sets: the matrix products disjoint columns (units of
+// rows of the weights), `cached_attention` one slice per (head, position), `activation::gated`
+// one chunk each.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer `i` floats in (a method, so that closures capture the whole `Send` wrapper).
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
 
 /// Output rows of several matrices (`rows[t]` each) cut into units of `unit` rows, numbered
 /// across the matrices one after another: what one dispatch to the worker pool spreads when a
@@ -101,6 +118,10 @@ impl KMatrix {
     fn dims(&self) -> (usize, usize) {
         let d = self.t.shape().dims();
         (d[0], d[1])
+    }
+
+    fn ty(&self) -> kquant::KType {
+        if self.q4k.is_some() { kquant::KType::Q4K } else { kquant::KType::Q6K }
     }
 
     /// `x @ w^T` for each of `ws` on one row `x`, with one quantization and one pool dispatch.
@@ -200,6 +221,12 @@ impl Linear {
         if ws.is_empty() {
             return Ok(Vec::new());
         }
+        // Prompts on the tile unit, where there is one.
+        if amx_rows(x) {
+            if let Some(outs) = Linear::amx_many(ws, x)? {
+                return Ok(outs);
+            }
+        }
         let ours: Option<Vec<&Q8Matrix>> = ws.iter().map(|w| match w {
             Linear::Q8(m) => Some(m),
             _ => None,
@@ -232,8 +259,47 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// [`Linear::forward_many`] on the tile unit, where every matrix is one our kernels read;
+    /// `None` where one is candle's.
+    fn amx_many(ws: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        let data = ws.iter().map(|w| match w {
+            Linear::K(m) => m.t.data().map(Some),
+            _ => Ok(None),
+        }).collect::<Result<Vec<_>>>()?;
+        let krows: Vec<Option<kquant::KRows>> = ws.iter().zip(&data).map(|(w, bytes)| match (w, bytes) {
+            (Linear::K(m), Some(bytes)) => {
+                let (n, k) = m.dims();
+                Some(kquant::KRows { ty: m.ty(), n, k, bytes })
+            }
+            _ => None,
+        }).collect();
+        let mut tiles: Vec<&dyn amx::TileRows> = Vec::with_capacity(ws.len());
+        for (w, kr) in ws.iter().zip(&krows) {
+            match (w, kr) {
+                (Linear::Q8(m), _) => tiles.push(m),
+                (Linear::K(_), Some(kr)) => tiles.push(kr),
+                _ => return Ok(None),
+            }
+        }
+        let rows = q8_input(x, tiles[0].dims().1)?;
+        amx::matmul_many(&tiles, &rows).into_iter().zip(&tiles).map(|(out, t)| q8_output(out, t.dims().0, x)).collect::<Result<_>>().map(Some)
+    }
+}
+
+/// Whether `x` is a prompt the tile unit takes: [`amx::MIN_ROWS`] rows or more, where it runs.
+fn amx_rows(x: &Tensor) -> bool {
+    let width = x.dims().last().copied().unwrap_or(0);
+    width > 0 && x.elem_count() / width >= amx::MIN_ROWS && amx::available()
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if matches!(self, Linear::Q8(_) | Linear::K(_)) && amx_rows(x) {
+            if let Some(mut outs) = Linear::amx_many(&[self], x)? {
+                return Ok(outs.remove(0));
+            }
+        }
         match self {
             Linear::Candle(m) => m.forward(x),
             Linear::Q8(w) => q8_forward(w, x),

@@ -17,6 +17,7 @@
 //! makes prompt prefill fast (candle multiplies one row at a time). Kernels, picked at run time:
 //! AVX-512 VNNI or AVX-VNNI (`vpdpbusd`, one instruction per block product), AVX2 (`maddubs` and
 //! `madd`), and a scalar loop elsewhere.
+use super::OutPtr;
 use half::f16;
 
 /// Weights per block.
@@ -43,10 +44,12 @@ pub struct Q8Matrix {
 
 /// Rows of activations quantized to Q8_0 blocks.
 pub struct Q8Rows {
-    m: usize,
-    k: usize,
-    d: Vec<f32>,
-    q: Vec<i8>,
+    pub(super) m: usize,
+    pub(super) k: usize,
+    /// Scale of block `b` of row `r` at `r * k / 32 + b`.
+    pub(super) d: Vec<f32>,
+    /// Quant `t` of row `r` at `r * k + t`.
+    pub(super) q: Vec<i8>,
 }
 
 /// Quantizes one block like ggml's `quantize_row_q8_0`; with `f16_scale` the stored scale is
@@ -62,6 +65,13 @@ fn quantize_block(x: &[f32], q: &mut [i8], f16_scale: bool) -> f32 {
         f16::from_f32(d).to_f32()
     } else {
         d
+    }
+}
+
+impl Q8Rows {
+    /// The quantized values as f32 (for tests).
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.q.iter().enumerate().map(|(i, &q)| self.d[i / QK] * q as f32).collect()
     }
 }
 
@@ -144,6 +154,17 @@ impl Q8Matrix {
         }
     }
 
+    /// Block `blk`'s 32 quants as i8 into `dst`.
+    fn unpack_block(&self, blk: usize, dst: &mut [i8]) {
+        #[cfg(target_arch = "x86_64")]
+        if let (Quants::Q5 { qs, qh }, true) = (&self.quants, is_x86_feature_detected!("avx2")) {
+            assert!(dst.len() == QK && blk < qh.len());
+            // SAFETY: AVX2 checked; block `blk` exists and `dst` holds 32 bytes.
+            return unsafe { x86::unpack_q5(qs, qh, blk, dst) };
+        }
+        dst.copy_from_slice(&self.block_quants(blk));
+    }
+
     /// The weights as f32 (for tests).
     pub fn dequantize(&self) -> Vec<f32> {
         (0..self.d.len()).flat_map(|b| self.block_quants(b).map(|q| q as f32 * self.d[b])).collect()
@@ -175,7 +196,7 @@ impl Q8Matrix {
         let m = x.m;
         let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
         let units = super::Units::new(ws.iter().map(|w| w.n).collect(), UNIT);
-        let dsts: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+        let dsts: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
         let run = |range: std::ops::Range<usize>| {
             units.each(range, |t, j0, j1| {
                 // SAFETY: each call gets a disjoint range of units, i.e. of output columns of each
@@ -198,7 +219,7 @@ impl Q8Matrix {
     ///
     /// # Safety
     /// `out` points to `x.m * n` floats, and no other thread writes columns `j0..j1`.
-    unsafe fn block(&self, kernel: Kernel, x: &Q8Rows, j0: usize, j1: usize, out: SharedOut, n: usize) {
+    unsafe fn block(&self, kernel: Kernel, x: &Q8Rows, j0: usize, j1: usize, out: OutPtr, n: usize) {
         let (k, nb) = (self.k, self.k / QK);
         let mut i = 0;
         while i < x.m {
@@ -220,17 +241,42 @@ impl Q8Matrix {
     }
 }
 
+impl super::amx::TileRows for Q8Matrix {
+    fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    fn in_place(&self, n0: usize) -> Option<*const i8> {
+        match &self.quants {
+            Quants::I8(q) if n0 + super::amx::T <= self.n => Some(q[n0 * self.k..].as_ptr()),
+            _ => None,
+        }
+    }
+
+    fn quants(&self, n0: usize, take: usize, rows: &mut [i8]) {
+        let (k, nb) = (self.k, self.k / QK);
+        for r in 0..take {
+            for b in 0..nb {
+                self.unpack_block((n0 + r) * nb + b, &mut rows[r * k + b * QK..][..QK]);
+            }
+        }
+    }
+
+    fn scales(&self, n0: usize, take: usize, dw: &mut [[f32; super::amx::T]], _mw: &mut [[f32; super::amx::T]]) {
+        let nb = self.k / QK;
+        for r in 0..take {
+            for (b, dw) in dw.iter_mut().enumerate() {
+                dw[r] = self.d[(n0 + r) * nb + b];
+            }
+        }
+    }
+}
+
 /// Weight rows per unit of parallel work.
 const UNIT: usize = 16;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
-/// The output buffer, written by several workers at disjoint columns.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: workers write disjoint index sets (see `Q8Matrix::block`).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
 
 /// Largest tile: activation rows × weight rows.
 const TM: usize = 4;
@@ -383,6 +429,15 @@ mod x86 {
             let missing = _mm256_andnot_si256(bytes_from_bits(*self.1.add(idx)), _mm256_set1_epi8(0xF0u8 as i8));
             _mm256_or_si256(nibbles, missing)
         }
+    }
+
+    /// Q5_0 block `blk` as 32 i8 quants into `dst`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `qs` and `qh` hold block `blk`; `dst` holds 32 bytes.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn unpack_q5(qs: &[u8], qh: &[u32], blk: usize, dst: &mut [i8]) {
+        _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, Q5Blocks(qs.as_ptr(), qh.as_ptr()).load(blk));
     }
 
     /// How a block product is formed.
@@ -619,15 +674,15 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn data(len: usize, seed: u32) -> Vec<f32> {
+    pub(crate) fn data(len: usize, seed: u32) -> Vec<f32> {
         (0..len).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0).collect()
     }
 
     /// ggml Q5_0 bytes of an `[n, k]` matrix with pseudo-random quants, fifth bits and scales.
-    fn q5_bytes(n: usize, k: usize, seed: u32) -> Vec<u8> {
+    pub(crate) fn q5_bytes(n: usize, k: usize, seed: u32) -> Vec<u8> {
         let mut state = seed.wrapping_mul(747796405).wrapping_add(1);
         let mut next = move || {
             state ^= state << 13;
@@ -644,7 +699,7 @@ mod tests {
         out
     }
 
-    fn reference(w: &Q8Matrix, x: &Q8Rows) -> Vec<f32> {
+    pub(crate) fn reference(w: &Q8Matrix, x: &Q8Rows) -> Vec<f32> {
         let nb = w.k / QK;
         let mut out = vec![0f32; x.m * w.n];
         for i in 0..x.m {

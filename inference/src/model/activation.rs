@@ -6,7 +6,7 @@
 //! gemma prefill the two took about 8% of the samples (perf). Here the exponential is evaluated
 //! with a degree-6 polynomial after range reduction (relative error about 1e-7, checked against
 //! candle's ops in the tests), written as plain arithmetic so that the loop vectorizes.
-use super::attention::OutPtr;
+use crate::kernels::OutPtr;
 use candle_core::{DType, Result, Storage, Tensor};
 
 /// `exp(x)` for `x <= 0`: `2^n · e^r` with `n = round(x / ln 2)` and `|r| <= ln 2 / 2`.

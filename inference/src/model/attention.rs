@@ -7,6 +7,7 @@
 //! prompt its f32 matmuls also ran on one thread (perf). [`cached_attention`] instead lets each
 //! (query head, position) pair read its key/value head where it lies, only the keys that position
 //! sees, with the pairs spread over candle's CPU workers.
+use crate::kernels::OutPtr;
 use candle_core::{Result, Storage, Tensor};
 use candle_nn::kv_cache::KvCache;
 
@@ -65,20 +66,6 @@ pub fn cached_attention(q: &Tensor, cache: &KvCache, pos: usize, window: Option<
     Ok(Some(Tensor::from_vec(out, (1, seq, n_head * d), q.device())?))
 }
 
-/// An output buffer that several workers write at disjoint places (each user says where).
-#[derive(Clone, Copy)]
-pub(crate) struct OutPtr(pub(crate) *mut f32);
-// SAFETY: workers write disjoint index sets: `cached_attention` one slice per (head, position),
-// `activation::gated` one chunk each.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer `i` floats in (a method, so that closures capture the whole `Send` wrapper).
-    pub(crate) fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
 
 struct Heads<'a> {
     q: &'a [f32],
