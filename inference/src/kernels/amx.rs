@@ -156,6 +156,51 @@ pub fn matmul_many(ws: &[&dyn TileRows], x: &Q8Rows) -> Vec<Vec<f32>> {
     outs
 }
 
+/// Weight tiles (of 16 rows) unpacked together, and activation groups (of 16 rows) multiplied
+/// against them before the next groups: 64 x 64 blocks, so that a down-projection's 64 weight rows
+/// (8,960 quants each on the 1.5B) and 64 prompt rows both stay in L2 while every pair is
+/// multiplied, where one weight tile at a time streamed the whole prompt through L2 again for
+/// every 16 weight rows.
+const BLOCK_TILES: usize = 4;
+
+/// One weight tile made ready for the tile unit: its quants (in place or unpacked), scales, mins.
+struct ATile {
+    n0: usize,
+    take: usize,
+    rows: Vec<i8>,
+    in_place: Option<*const i8>,
+    dw: Vec<[f32; T]>,
+    mw: Vec<[f32; T]>,
+}
+
+impl ATile {
+    fn new(w: &dyn TileRows) -> ATile {
+        let (_, k) = w.dims();
+        ATile { n0: 0, take: 0, rows: Vec::new(), in_place: None, dw: vec![[0f32; T]; k / w.group()], mw: vec![[0f32; T]; if w.has_mins() { k / QK } else { 0 }] }
+    }
+
+    /// Rows `n0..n0 + take` of `w`.
+    fn load(&mut self, w: &dyn TileRows, n0: usize, take: usize) {
+        let k = w.dims().1;
+        (self.n0, self.take) = (n0, take);
+        self.dw.iter_mut().chain(self.mw.iter_mut()).for_each(|v| *v = [0.0; T]);
+        w.scales(n0, take, &mut self.dw, &mut self.mw);
+        self.in_place = w.in_place(n0).filter(|_| take == T);
+        if self.in_place.is_none() {
+            // `quants` writes rows 0..take whole; the rest of a last, short tile stays zero.
+            if self.rows.len() != T * k {
+                self.rows.resize(T * k, 0i8);
+            }
+            self.rows[take * k..].fill(0);
+            w.quants(n0, take, &mut self.rows);
+        }
+    }
+
+    fn quants(&self) -> *const i8 {
+        self.in_place.unwrap_or(self.rows.as_ptr())
+    }
+}
+
 /// Writes outputs for weight rows `j0..j1` and every activation row into `out` (`[m, n]`).
 ///
 /// # Safety
@@ -165,41 +210,37 @@ unsafe fn block(w: &dyn TileRows, x: &PackedActs, j0: usize, j1: usize, out: Out
     let (n, k) = w.dims();
     let nb = x.nb;
     let halves = w.group() == 16;
-    let mut rows = Vec::new();
-    let mut dw = vec![[0f32; T]; k / w.group()];
-    let mut mw = vec![[0f32; T]; if w.has_mins() { nb } else { 0 }];
+    let groups = x.m.div_ceil(T);
+    let mut tiles: Vec<ATile> = (0..BLOCK_TILES).map(|_| ATile::new(w)).collect();
     let mut sums = [[0f32; T]; T];
     let mut n0 = j0;
     while n0 < j1 {
-        let take = (j1 - n0).min(T);
-        dw.iter_mut().chain(mw.iter_mut()).for_each(|v| *v = [0.0; T]);
-        w.scales(n0, take, &mut dw, &mut mw);
-        let a = match w.in_place(n0) {
-            Some(a) if take == T => a,
-            _ => {
-                rows.clear();
-                rows.resize(T * k, 0i8);
-                w.quants(n0, take, &mut rows);
-                rows.as_ptr()
-            }
-        };
-        for g in 0..x.m.div_ceil(T) {
-            let acts = imp::Acts {
-                tiles: &x.tiles[g * nb..(g + 1) * nb],
-                halves: if halves { &x.halves[2 * g * nb..2 * (g + 1) * nb] } else { &[] },
-                d: &x.d[g * nb..(g + 1) * nb],
-                sums: if w.has_mins() { &x.sums[g * nb..(g + 1) * nb] } else { &[] },
-            };
-            imp::tile_row(a, k, &acts, &dw, &mw, &mut sums);
-            // sums[r][mm]: weight row n0 + r, activation row 16g + mm.
-            for mm in 0..T.min(x.m - g * T) {
-                let dst = out.at((g * T + mm) * n + n0);
-                for (r, s) in sums.iter().enumerate().take(take) {
-                    *dst.add(r) = s[mm];
+        let mut ready = 0;
+        while ready < BLOCK_TILES && n0 < j1 {
+            let take = (j1 - n0).min(T);
+            tiles[ready].load(w, n0, take);
+            (ready, n0) = (ready + 1, n0 + take);
+        }
+        for g0 in (0..groups).step_by(BLOCK_TILES) {
+            for tile in &tiles[..ready] {
+                for g in g0..(g0 + BLOCK_TILES).min(groups) {
+                    let acts = imp::Acts {
+                        tiles: &x.tiles[g * nb..(g + 1) * nb],
+                        halves: if halves { &x.halves[2 * g * nb..2 * (g + 1) * nb] } else { &[] },
+                        d: &x.d[g * nb..(g + 1) * nb],
+                        sums: if w.has_mins() { &x.sums[g * nb..(g + 1) * nb] } else { &[] },
+                    };
+                    imp::tile_row(tile.quants(), k, &acts, &tile.dw, &tile.mw, &mut sums);
+                    // sums[r][mm]: weight row tile.n0 + r, activation row 16g + mm.
+                    for mm in 0..T.min(x.m - g * T) {
+                        let dst = out.at((g * T + mm) * n + tile.n0);
+                        for (r, s) in sums.iter().enumerate().take(tile.take) {
+                            *dst.add(r) = s[mm];
+                        }
+                    }
                 }
             }
         }
-        n0 += take;
     }
 }
 
@@ -388,7 +429,8 @@ mod tests {
     use super::*;
 
     /// Every shape the tiles cut unevenly (rows past the last 16, an odd number of blocks, a
-    /// last weight tile of fewer than 16 rows), both quant forms, several matrices in one call:
+    /// last weight tile of fewer than 16 rows, more weight tiles and prompt rows than one 64 x 64
+    /// block), both quant forms, several matrices in one call:
     /// the tile unit's products are the exact integer block products, scaled once per block, so
     /// within float reassociation of the reference. (K-quant matrices: `kquant`'s tests.)
     #[test]
@@ -397,7 +439,7 @@ mod tests {
             eprintln!("no AMX on this CPU: nothing to check");
             return;
         }
-        for (m, n, k) in [(32, 16, 32), (45, 37, 96), (100, 64, 896), (33, 48, 640)] {
+        for (m, n, k) in [(32, 16, 32), (45, 37, 96), (100, 64, 896), (33, 48, 640), (70, 85, 64)] {
             let x = quantize_rows(&data(m * k, 17), k);
             let q5 = q5_bytes(n, k, 23);
             let ws = [Q8Matrix::quantize(&data(n * k, 5), n, k), Q8Matrix::from_ggml_q5_0(&q5, n, k)];

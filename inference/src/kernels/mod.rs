@@ -1,7 +1,7 @@
 //! The weight matrices of the models and how they are multiplied: our CPU kernels where they beat
 //! candle's (Q8_0/Q5_0/Q4_0 matrices in [`q8`]; one-token products of Q4_K and Q6_K matrices in
-//! [`kquant`]), candle's `QMatMul` elsewhere (K-quant prompts, other block types, and always on a
-//! GPU).
+//! [`kquant`]; prompts of all of these on the AMX tile unit in [`amx`]), candle's `QMatMul`
+//! elsewhere (other block types, K-quant prompts where there is no AMX, and always on a GPU).
 //!
 //! Which one a matrix gets is decided once, at load, by [`Kernels`] and the matrix's block type.
 pub mod amx;
@@ -65,8 +65,9 @@ impl Units {
 pub enum Kernels {
     /// Our kernels for Q8_0, Q5_0 and Q4_0 matrices (every weight kept bit for bit: Q5_0 in its
     /// own packing, Q4_0 widened to 8 bits), and for one-token products of Q4_K and Q6_K matrices
-    /// (AVX-512 VNNI, bit for bit candle's results); K-quant prompts through candle's tiled and
-    /// AMX kernels.
+    /// (AVX-512 VNNI, bit for bit candle's results); prompts of 32+ tokens of all of them on the
+    /// AMX tile unit where the CPU has one (`POLYLLM_AMX=0` turns it off), else K-quant prompts
+    /// through candle's kernels.
     #[default]
     Fast,
     /// candle's kernels, Q4_0/Q5_0 re-packed as Q8_0.
