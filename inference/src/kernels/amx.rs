@@ -147,12 +147,7 @@ pub fn matmul_many(ws: &[&dyn TileRows], x: &Q8Rows) -> Vec<Vec<f32>> {
         // the `m * n` buffer of matrix t.
         units.each(range, |t, j0, j1| unsafe { block(ws[t], &packed, j0, j1, dsts[t]) });
     };
-    let n_units = units.count();
-    if n_units > 1 {
-        candle_core::utils::barrier_pool().execute_chunked(n_units, run);
-    } else {
-        run(0..n_units);
-    }
+    units.dispatch(true, run);
     outs
 }
 

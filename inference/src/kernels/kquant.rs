@@ -434,12 +434,7 @@ fn gemv_many_with(ws: &[KWeights], x: &Q8KRow, fast: bool) -> Vec<Vec<f32>> {
             }
         });
     };
-    let n_units = units.count();
-    if n_units > 1 {
-        candle_core::utils::barrier_pool().execute_chunked(n_units, run);
-    } else {
-        run(0..n_units);
-    }
+    units.dispatch(true, run);
     outs
 }
 

@@ -49,6 +49,18 @@ impl Units {
         self.starts.last().map_or(0, |s| s + self.rows.last().unwrap().div_ceil(self.unit))
     }
 
+    /// Calls `run` with ranges of units covering them all: spread over candle's worker pool (the
+    /// one its own kernels use, so the two never compete for cores) where `parallel` and there is
+    /// more than one unit, else with all of them here.
+    pub(crate) fn dispatch(&self, parallel: bool, run: impl Fn(std::ops::Range<usize>) + Sync) {
+        let n = self.count();
+        if parallel && n > 1 {
+            candle_core::utils::barrier_pool().execute_chunked(n, run);
+        } else {
+            run(0..n);
+        }
+    }
+
     /// Calls `f(t, j0, j1)` for each matrix `t` whose rows `j0..j1` the units `range` cover.
     pub(crate) fn each(&self, range: std::ops::Range<usize>, mut f: impl FnMut(usize, usize, usize)) {
         for (t, (&s, &n)) in self.starts.iter().zip(&self.rows).enumerate() {

@@ -205,13 +205,8 @@ impl Q8Matrix {
                 unsafe { ws[t].block(kernel, x, j0, j1, dsts[t], ws[t].n) };
             });
         };
-        let n_units = units.count();
         let macs: usize = ws.iter().map(|w| m * w.n * w.k).sum();
-        if n_units > 1 && macs >= PARALLEL_MIN_MACS {
-            candle_core::utils::barrier_pool().execute_chunked(n_units, run);
-        } else {
-            run(0..n_units);
-        }
+        units.dispatch(macs >= PARALLEL_MIN_MACS, run);
         outs
     }
 
