@@ -438,6 +438,35 @@ fn gemv_many_with(ws: &[KWeights], x: &Q8KRow, fast: bool) -> Vec<Vec<f32>> {
     outs
 }
 
+/// `xs @ w^T` for a short prompt (`xs` rows of `w`'s width) and a Q4_K matrix: `[m, n]` row-major,
+/// each row exactly what [`gemv_many`] gives it, which is what candle's multi-row tiles give it
+/// too (their float chain runs per row, whatever the rows beside it). Per unit of 16 weight rows
+/// every prompt row passes over the unit's tiles while they are in cache, so the matrix streams
+/// from memory once; candle would first build a second, wider copy of it (6 bits per weight).
+pub fn q4k_rows(w: &Q4KTiles, xs: &[Q8KRow]) -> Vec<f32> {
+    for x in xs {
+        assert_eq!(w.k, x.k, "matmul: activations of width {} against weights of width {}", x.k, w.k);
+    }
+    let (m, n) = (xs.len(), w.n);
+    let mut out = vec![0f32; m * n];
+    let units = super::Units::new(vec![n], UNIT);
+    let dst = OutPtr(out.as_mut_ptr());
+    units.dispatch(true, |range| {
+        units.each(range, |_, j0, j1| {
+            let mut row = [0f32; TILE_ROWS];
+            for u in j0 / TILE_ROWS..j1 / TILE_ROWS {
+                for (i, x) in xs.iter().enumerate() {
+                    q4k_unit(w.unit(u), x, &mut row, available());
+                    // SAFETY: each call gets a disjoint range of units, i.e. of columns; this
+                    // writes columns 16u..16u + 16 of row i of the `m * n` output.
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.at(i * n + u * TILE_ROWS), TILE_ROWS) };
+                }
+            }
+        });
+    });
+    out
+}
+
 fn q6k_row_fast(w: &[u8], x: &Q8KRow) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if available() {
@@ -690,6 +719,30 @@ mod tests {
                     }
                 }
                 assert!(theirs.iter().any(|v| v.abs() > 1e-3), "{ty:?}: degenerate test data");
+            }
+        }
+    }
+
+    /// Short prompts on a Q4_K matrix: every row bit for bit what candle's multi-row kernel gives.
+    #[test]
+    fn q4k_rows_are_candles_bit_for_bit() {
+        let mut rng = Rng(5);
+        let (m, n, k) = (13, 48, 768);
+        let bytes = random_matrix(KType::Q4K, n, k, &mut rng);
+        let tiles = Q4KTiles::new(&bytes, n, k).unwrap();
+        let x: Vec<f32> = (0..m * k).map(|_| rng.f32() * 2.0).collect();
+        let rows: Vec<Q8KRow> = x.chunks_exact(k).map(quantize_q8k).collect();
+        let ours = q4k_rows(&tiles, &rows);
+        let storage = QStorage::from_data(std::borrow::Cow::Borrowed(&bytes[..]), &Device::Cpu, GgmlDType::Q4K).unwrap();
+        let qmm = QMatMul::from_qtensor(QTensor::new(storage, (n, k)).unwrap()).unwrap();
+        let theirs: Vec<f32> = qmm.forward(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        assert!(theirs.iter().any(|v| v.abs() > 1e-3), "degenerate test data");
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            if available() {
+                assert_eq!(a.to_bits(), b.to_bits(), "row {} column {}: ours {a} candle {b}", i / n, i % n);
+            } else {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "row {} column {}: ours {a} candle {b}", i / n, i % n);
             }
         }
     }

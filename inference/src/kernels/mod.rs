@@ -137,6 +137,18 @@ impl KMatrix {
         if self.q4k.is_some() { kquant::KType::Q4K } else { kquant::KType::Q6K }
     }
 
+    /// `x @ w^T` for a short prompt `x` (several rows) and a Q4_K matrix.
+    fn q4k_rows(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, k) = self.dims();
+        let tiles = self.q4k.as_ref().expect("a Q4_K matrix");
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if xs.len() % k != 0 || x.dims().last() != Some(&k) {
+            candle_core::bail!("matmul: input of width {:?} against a matrix of width {k}", x.dims().last());
+        }
+        let rows: Vec<kquant::Q8KRow> = xs.chunks_exact(k).map(kquant::quantize_q8k).collect();
+        q8_output(kquant::q4k_rows(tiles, &rows), n, x)
+    }
+
     /// `x @ w^T` for each of `ws` on one row `x`, with one quantization and one pool dispatch.
     fn gemv_many(ws: &[&KMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
         let k = ws[0].dims().1;
@@ -155,6 +167,11 @@ impl KMatrix {
         }).collect();
         kquant::gemv_many(&weights, &q).into_iter().zip(ws).map(|(out, w)| q8_output(out, w.dims().0, x)).collect()
     }
+}
+
+/// Rows of activations in `x` (`[.., k]`).
+fn rows(x: &Tensor) -> usize {
+    x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1)
 }
 
 /// Whether `x` is a single row of activations.
@@ -255,6 +272,11 @@ impl Linear {
         if let (Some(ks), true) = (ks, one_row(x)) {
             return KMatrix::gemv_many(&ks, x);
         }
+        // Short prompts on Q4_K matrices: ours, one matrix at a time (each row candle's bit for
+        // bit, without the second copy candle's multi-row kernel builds); the others' stay candle's.
+        if ws.iter().any(|w| matches!(w, Linear::K(m) if m.q4k.is_some())) {
+            return ws.iter().map(|w| w.forward(x)).collect();
+        }
         let theirs: Option<Vec<&QTensor>> = ws.iter().map(|w| match w {
             Linear::Candle(QMatMul::QTensor(t)) => Some(&**t),
             Linear::K(m) => Some(&*m.t),
@@ -262,7 +284,7 @@ impl Linear {
         }).collect();
         // candle's fused kernel is its tiled one-token kernel; from 32 rows on its separate
         // products take its AMX kernel for Q4_K, which is faster (1.5B prefill, measured).
-        let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+        let rows = rows(x);
         if let (Some(ts), true) = (theirs, x.is_contiguous() && x.dtype() == DType::F32 && rows < 32) {
             if let Some(outs) = QTensor::gemv_fused_shared_lhs(&ts, x)? {
                 return Ok(outs);
@@ -317,6 +339,7 @@ impl Module for Linear {
             Linear::Candle(m) => m.forward(x),
             Linear::Q8(w) => q8_forward(w, x),
             Linear::K(w) if one_row(x) => Ok(KMatrix::gemv_many(&[w], x)?.remove(0)),
+            Linear::K(w) if w.q4k.is_some() && rows(x) < amx::MIN_ROWS => w.q4k_rows(x),
             Linear::K(w) => w.candle.forward(x),
         }
     }
