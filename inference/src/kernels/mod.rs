@@ -77,9 +77,9 @@ impl Units {
 pub enum Kernels {
     /// Our kernels for Q8_0, Q5_0 and Q4_0 matrices (every weight kept bit for bit: Q5_0 in its
     /// own packing, Q4_0 widened to 8 bits), and for one-token products of Q4_K and Q6_K matrices
-    /// (AVX-512 VNNI, bit for bit candle's results); prompts of 32+ tokens of all of them on the
-    /// AMX tile unit where the CPU has one (`POLYLLM_AMX=0` turns it off), else K-quant prompts
-    /// through candle's kernels.
+    /// (AVX-512 VNNI, bit for bit candle's results; Q4_K short prompts too); prompts of 32+ tokens
+    /// of all of them on the AMX tile unit where the CPU has one (`POLYLLM_AMX=0` turns it off);
+    /// other K-quant prompts through candle's kernels.
     #[default]
     Fast,
     /// candle's kernels, Q4_0/Q5_0 re-packed as Q8_0.
