@@ -12,8 +12,11 @@ command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || need_apt+=(prometheus-node-exporter)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
-# lightgbm3 generates its bindings with bindgen, which needs libclang.
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# lightgbm3 (the trainer's) generates its bindings with bindgen, which needs the C library
+# libclang.so*. Debian images may ship only libclang-cpp (the C++ interface), which bindgen cannot
+# use, so look for the C library itself, not a name prefix.
+ls /usr/lib/llvm-*/lib/libclang.so /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+   /usr/lib/*-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing system packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
