@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need, fetches the two small models and
-# the sentence embedder,
-# then runs every test of the workspace and the UI's tests. Safe to re-run; works on a fresh
-# Debian 12 machine (as root, or with sudo rights for apt-get).
+# the sentence embedder, then runs every test of the workspace, the UI's tests and the compose
+# test (scripts/compose-test.sh). Safe to re-run; works on a fresh Debian 12 machine (as root, or
+# with sudo rights for apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,3 +59,6 @@ cargo test --workspace -- --test-threads "${TEST_THREADS:-2}"
 
 echo "== running the UI tests"
 E2E_NO_BUILD=1 ./ui/scripts/test.sh
+
+echo "== running the compose test (podman)"
+BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" ./scripts/compose-test.sh

@@ -9,3 +9,4 @@ pub mod wire;
 pub mod features;
 pub mod route;
 pub mod router_model;
+pub mod gbdt;

@@ -16,6 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+mod ui;
+
 #[derive(Parser)]
 #[command(name = "polyllm", version, about = "Run the polyllm mesh natively: model services m1-m5 and the router.")]
 struct Cli {
@@ -56,9 +58,14 @@ pub struct UpArgs {
     #[arg(long, env = "POLYLLM_PORT_OFFSET", default_value_t = 0)]
     port_offset: u16,
 
-    /// Do not run `cargo build`; use the binaries already next to this one.
+    /// Do not run `cargo build` (nor build the UI); use the binaries already next to this one.
     #[arg(long)]
     no_build: bool,
+
+    /// The UI's sources; its built page (`DIR/dist`) is what the router serves at `/`. It is built
+    /// with npm when missing or older than its sources.
+    #[arg(long, env = "POLYLLM_UI_DIR", default_value = "ui")]
+    ui_dir: PathBuf,
 
     /// Build and run the release binaries (the default follows how `polyllm` itself was built).
     #[arg(long, conflicts_with = "profile")]
@@ -379,6 +386,7 @@ async fn up(args: UpArgs) -> Result<()> {
         }
     }
     fetch_missing(&args, &bin_dir, &selected)?;
+    let ui_state = ui::ensure(&args.ui_dir, which("npm").as_deref(), !args.no_build);
 
     let mut ports: Vec<(String, u16)> = selected.iter().map(|b| (b.id.clone(), b.port)).collect();
     ports.push(("router".into(), args.router_port));
@@ -461,6 +469,8 @@ async fn up(args: UpArgs) -> Result<()> {
         serde_json::Value::Object(backends_json).to_string(),
         "--embedder-dir".into(),
         args.models_dir.join("all-MiniLM-L6-v2").display().to_string(),
+        "--ui-dir".into(),
+        args.ui_dir.join("dist").display().to_string(),
     ];
     if let Some(u) = &redis_url {
         ra.extend(["--redis-url".into(), u.clone()]);
@@ -493,6 +503,10 @@ async fn up(args: UpArgs) -> Result<()> {
     if !*rx.borrow() {
         let url = format!("http://{connect_host}:{}", args.router_port);
         if wait_healthy(&client, &format!("{url}/health"), Instant::now() + Duration::from_secs(60), &rx).await.is_some() && all_ok {
+            match &ui_state {
+                ui::UiState::Missing(why) => warn!("the UI is not built ({why}): {url}/ says how; build it with {}", ui::BUILD_HINT),
+                ui::UiState::Ready | ui::UiState::Built => {}
+            }
             info!("polyllm is up: {url}  (UI at /, API POST {url}/generate, metrics at {url}/metrics); Ctrl-C stops");
         } else if !*rx.borrow() {
             warn!("router at {url} is not healthy yet; see the [router] lines above");

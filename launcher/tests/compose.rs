@@ -43,11 +43,16 @@ fn service<'a>(cfg: &'a str, name: &str) -> &'a str {
 #[test]
 fn compose_files_are_valid_and_match_the_catalog() {
     let cfg = config(&["docker-compose.yml"]);
+    let ports = config(&["docker-compose.yml", "docker-compose.ports.yml"]);
     let cat = Catalog::load(&repo().join("models.toml")).unwrap();
     for b in &cat.backends {
         let s = service(&cfg, &b.id);
         assert!(s.contains(&format!("MODEL: /models/{}", b.file)), "{}: wrong model\n{s}", b.id);
-        assert!(s.contains(&format!("published: {}", b.port)) || s.contains(&format!("{0}:{0}", b.port)), "{}: port\n{s}", b.id);
+        assert!(s.contains(&format!("PORT: '{}'", b.port)) || s.contains(&format!("PORT: \"{}\"", b.port)), "{}: port\n{s}", b.id);
+        // Reachable only through the router (its keys and limits) unless the debug override is used.
+        assert!(!s.contains("published") && !s.contains("ports:"), "{}: publishes a port on the host\n{s}", b.id);
+        let debug = service(&ports, &b.id);
+        assert!(debug.contains(&format!("published: {}", b.port)) || debug.contains(&format!(":{0}:{0}", b.port)), "{}: debug port\n{debug}", b.id);
         assert!(s.contains("service_completed_successfully"), "{}: must wait for the models init service\n{s}", b.id);
         assert!(s.contains("healthcheck"), "{}: no healthcheck", b.id);
         let want = if b.device == Slot::Gpu { "DEVICE: auto" } else { "DEVICE: cpu" };
@@ -55,6 +60,16 @@ fn compose_files_are_valid_and_match_the_catalog() {
     }
     let router = service(&cfg, "router");
     assert!(router.contains("REDIS_URL: redis://redis:6379") && router.contains("service_healthy"), "{router}");
+    // One sick model service must not keep the gateway down: the router waits for none of them.
+    for b in &cat.backends {
+        assert!(!router.contains(&format!("\n      {}:\n", b.id)), "router depends on {}\n{router}", b.id);
+    }
+    // The closed loop: what `trainer train` writes is the directory the router hot-reloads.
+    assert!(router.contains("- router-model:/app/router/model"), "{router}");
+    let trainer = service(&cfg, "trainer");
+    assert!(trainer.contains("- router-model:/data/router/model"), "{trainer}");
+    let load_test = service(&cfg, "load_test");
+    assert!(load_test.contains("LOADTEST_URL: http://router:8080"), "load_test reads LOADTEST_URL\n{load_test}");
     for svc in ["redis", "models", "prometheus", "grafana", "node-exporter"] {
         service(&cfg, svc);
     }
@@ -73,7 +88,11 @@ fn compose_files_are_valid_and_match_the_catalog() {
         let text = std::fs::read_to_string(&p).unwrap_or_else(|_| panic!("{} missing", p.display()));
         assert!(text.contains("USER 10001"), "{f}: must run as a non-root user");
         assert!(text.contains("HEALTHCHECK"), "{f}: no HEALTHCHECK line");
-        assert!(text.matches("\nFROM ").count() >= 1 && text.contains(" AS build"), "{f}: not multi-stage");
+        assert!(text.matches("\nFROM ").count() >= 2 && (text.contains(" AS build") || text.contains(" AS bins-source")), "{f}: not multi-stage");
+        if f != "inference-cuda" {
+            // Binaries compiled in the image by default, or taken from the host (compose test).
+            assert!(text.contains(" AS bins-source") && text.contains(" AS bins-host") && text.contains("FROM bins-${BINARIES} AS bins"), "{f}: no BINARIES switch");
+        }
     }
     assert!(repo().join(".dockerignore").is_file());
 }

@@ -17,7 +17,7 @@ use polyllm_common::features::{assemble, Embedder, Embedding, Featurizer};
 use polyllm_common::router_model::{RouterModelMeta, META_FILE, MODEL_FILE};
 use serde::Serialize;
 
-use crate::lgbm::Predictor;
+use polyllm_common::gbdt::Predictor;
 use crate::policy::{BaselinePolicy, Candidate, Decision, PolicyError, Preference, RoutingContext, RoutingPolicy};
 
 /// How many of the largest feature contributions the route event carries.

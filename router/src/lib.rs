@@ -14,7 +14,6 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod learned;
-pub mod lgbm;
 pub mod logging;
 pub mod metrics;
 pub mod openai;

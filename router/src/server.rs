@@ -58,6 +58,10 @@ pub fn router(st: Arc<AppState>) -> Router {
         let index = ServeFile::new(ui.join("index.html"));
         api.fallback_service(ServeDir::new(&ui).fallback(index))
     } else {
+        tracing::warn!(
+            ui_dir = %ui.display(),
+            "the UI is not built, so / serves a page that says how to build it: (cd ui && npm ci && npm run build), then restart the router"
+        );
         api.route("/", get(index)).fallback(not_found)
     }
 }
@@ -99,13 +103,36 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(ErrorBody::new("not_found", "no such endpoint"))).into_response()
 }
 
-async fn index() -> Response {
-    Json(json!({
-        "service": "polyllm router",
-        "endpoints": ["POST /generate", "POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models",
-                      "GET /backends", "GET /last_request_stats", "GET /router_model", "GET /health", "GET /metrics"],
-    }))
-    .into_response()
+const ENDPOINTS: [&str; 9] = [
+    "POST /generate",
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "GET /v1/models",
+    "GET /backends",
+    "GET /last_request_stats",
+    "GET /router_model",
+    "GET /health",
+    "GET /metrics",
+];
+
+/// What `/` answers when the UI's files are missing: a browser gets a page that says so and how
+/// to build them (never a bare JSON list where the README promises the UI); an API client that
+/// does not accept HTML gets the endpoint list.
+async fn index(headers: HeaderMap) -> Response {
+    let html = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    if !html {
+        return Json(json!({ "service": "polyllm router", "ui": "not built", "endpoints": ENDPOINTS })).into_response();
+    }
+    let items: String = ENDPOINTS.iter().map(|e| format!("<li><code>{e}</code></li>")).collect();
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>polyllm: UI not built</title></head><body>\
+         <h1>polyllm router: the UI is not built</h1>\
+         <p>The API works; the web page needs its files. Build them once (Node.js 18+ and npm):</p>\
+         <pre>cd ui &amp;&amp; npm ci &amp;&amp; npm run build</pre>\
+         <p>then restart the router (<code>polyllm up</code> does both when npm is installed).</p>\
+         <h2>Endpoints</h2><ul>{items}</ul></body></html>"
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
