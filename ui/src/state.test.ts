@@ -160,7 +160,9 @@ describe('rationale', () => {
   it('sorts probabilities and tags the reason', () => {
     expect(sortedProbabilities({ ...route, probabilities: { a: 0.1, b: 0.7, c: 0.2 } }).map(([m]) => m)).toEqual(['b', 'c', 'a']);
     expect(reasonTags({ ...route, reason: 'no healthy GPU backend, fell back to CPU; baseline: ...' })).toEqual(['no GPU available', 'fallback']);
-    expect(reasonTags({ ...route, reason: 'low confidence (0.41), using the fallback model', cache: 'hit' })).toEqual(['low-confidence fallback', 'cache hit']);
+    // The reason exactly as router/src/learned.rs words it.
+    const low = 'low_confidence: best guess gemma-3-270m at p=0.41 is below the threshold 0.72, so the largest model answers';
+    expect(reasonTags({ ...route, reason: low, cache: 'hit' })).toEqual(['low-confidence fallback', 'cache hit']);
     expect(reasonTags(route)).toEqual([]);
   });
 
