@@ -99,13 +99,22 @@ fn every_dashboard_query_returns_data_from_a_native_mesh() {
         "m1": format!("http://127.0.0.1:{m1_port}"),
         "m9": format!("http://127.0.0.1:{m9_port}"),
     });
+    // Only keys the operator names get a bucket of their own; the traffic below uses these.
+    let keys = tmp.path().join("keys.json");
+    let known: serde_json::Map<String, serde_json::Value> = ["dash-0", "dash-1", "dash-2", "dash-repeat", "dash-burst"]
+        .iter()
+        .map(|k| (k.to_string(), serde_json::json!({"rps": 0.2, "burst": 3})))
+        .collect();
+    std::fs::write(&keys, serde_json::Value::Object(known).to_string()).unwrap();
     let mut router_proc = Proc::spawn(
         "router",
         Command::new(&router)
             .current_dir(tmp.path())
             .env_remove("REDIS_URL")
             .args(["--host", "127.0.0.1", "--port", &router_port.to_string(), "--backends", &backends.to_string()])
-            .args(["--health-interval-ms", "300", "--rate-limit-rps", "0.2", "--rate-limit-burst", "3"]),
+            .args(["--health-interval-ms", "300", "--rate-limit-rps", "0.2", "--rate-limit-burst", "3"])
+            .arg("--rate-limit-overrides")
+            .arg(&keys),
     );
     let node_port = free_port();
     let _node = Proc::spawn(
@@ -154,7 +163,7 @@ fn every_dashboard_query_returns_data_from_a_native_mesh() {
     );
     std::thread::sleep(Duration::from_secs(2));
 
-    // Traffic: distinct prompts (each its own API key, so the limit does not bite), a repeat
+    // Traffic: distinct prompts (each its own known API key, so the limit does not bite), a repeat
     // (cache hit), then a burst on one key (rate-limited).
     for (i, p) in ["def add(a, b):", "The capital of France is", "for i in range(10):"].iter().enumerate() {
         let (s, body) = generate(&base, p, &format!("dash-{i}"));

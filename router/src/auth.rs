@@ -111,6 +111,11 @@ impl ApiKeys {
         self.by_hash.is_empty()
     }
 
+    /// The rate-limit identity of every accepted key.
+    pub fn identities(&self) -> impl Iterator<Item = String> + '_ {
+        self.by_hash.keys().map(|h| key_identity(&hex::encode(h)))
+    }
+
     /// Per-key limits, keyed by rate-limit identity.
     pub fn limits(&self) -> HashMap<String, Limit> {
         self.by_hash.iter().filter_map(|(h, e)| Some((key_identity(&hex::encode(h)), e.limit?))).collect()

@@ -99,9 +99,11 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_OVERRIDES")]
     pub rate_limit_overrides: Option<PathBuf>,
 
-    /// Take the client IP from X-Forwarded-For (only behind a trusted proxy).
-    #[arg(long, env = "TRUST_FORWARDED_FOR")]
-    pub trust_forwarded_for: bool,
+    /// Proxies (comma-separated addresses or CIDRs) whose X-Forwarded-For is believed: from
+    /// them, the client is the rightmost forwarded address that is not itself a trusted proxy.
+    /// Empty (the default): the header is ignored and the TCP peer is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// Directory of the JSONL response log for the trainer; no log when unset.
     #[arg(long, env = "RESPONSE_LOG_DIR")]
@@ -194,6 +196,14 @@ impl Config {
     }
 }
 
+/// An address (`10.0.0.5`, taken as a /32 or /128) or a CIDR (`10.0.0.0/8`).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,3 +229,4 @@ mod tests {
         assert_eq!(c.policy, PolicyKind::Latency);
     }
 }
+

@@ -5,7 +5,7 @@ use crate::cache::{cache_key, cacheable, lookup, CachedAnswer};
 use crate::error::ApiError;
 use crate::policy::{self, PromptFeatures, RoutingContext};
 use crate::proxy::{self, ms, Job, Out};
-use crate::ratelimit::{identify, Identity, Verdict};
+use crate::ratelimit::{Identity, Verdict};
 use crate::state::{AppState, Outcome};
 use crate::validation::RouterRequest;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
@@ -64,7 +64,7 @@ pub fn new_request_id() -> Arc<str> {
 pub async fn admit(st: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<Admitted, Response> {
     let started = Instant::now();
     let request_id = new_request_id();
-    let identity = identify(headers, peer, st.config.trust_forwarded_for);
+    let identity = st.limiter.identifier.identify(headers, peer);
     let verdict = st.limiter.check(&identity).await;
     let adm = Admitted { request_id, identity, started, verdict };
     if let Verdict::Limited { .. } = verdict {

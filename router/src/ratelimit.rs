@@ -10,7 +10,8 @@ use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use ipnet::IpNet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -84,22 +85,62 @@ pub fn key_identity(sha256_hex: &str) -> String {
     format!("key:{}", &sha256_hex[..16.min(sha256_hex.len())])
 }
 
-/// Finds the caller's identity in the request.
-pub fn identify(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> Identity {
-    if let Some(k) = api_key(headers) {
-        return Identity { key: Arc::from(key_identity(&hex::encode(Sha256::digest(k.as_bytes())))) };
+/// Who the caller is: an API key the router knows (from `--api-keys` or the rate-limit overrides)
+/// gets a bucket of its own; anything else, including a key nobody configured, is the client's
+/// address, so a client cannot escape its limit by sending a new random key with each request.
+/// The address is the TCP peer's, or, when the peer is one of `--trusted-proxies`, the rightmost
+/// X-Forwarded-For address that is not itself a trusted proxy (the leftmost entries are whatever
+/// the client wrote, so they are never believed on their own).
+#[derive(Debug, Default, Clone)]
+pub struct Identifier {
+    known_keys: HashSet<String>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Identifier {
+    pub fn new(known_keys: impl IntoIterator<Item = String>, trusted_proxies: Vec<IpNet>) -> Self {
+        Identifier { known_keys: known_keys.into_iter().collect(), trusted_proxies }
     }
-    let ip: IpAddr = if trust_forwarded_for {
-        headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(peer.ip())
-    } else {
-        peer.ip()
-    };
-    Identity { key: Arc::from(format!("ip:{ip}")) }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client's address as seen through trusted proxies.
+    pub fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+        let mut client = peer.ip();
+        if !self.trusted(client) {
+            return client;
+        }
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .collect();
+        for hop in hops.iter().rev() {
+            // An entry that is not an address ends the chain: the hop after it is the client.
+            let Ok(ip) = hop.parse::<IpAddr>() else { break };
+            client = ip;
+            if !self.trusted(ip) {
+                break;
+            }
+        }
+        client
+    }
+
+    /// Finds the caller's identity in the request.
+    pub fn identify(&self, headers: &HeaderMap, peer: SocketAddr) -> Identity {
+        if let Some(k) = api_key(headers) {
+            let id = key_identity(&hex::encode(Sha256::digest(k.as_bytes())));
+            if self.known_keys.contains(&id) {
+                return Identity { key: Arc::from(id) };
+            }
+        }
+        Identity { key: Arc::from(format!("ip:{}", self.client_ip(headers, peer))) }
+    }
 }
 
 /// The outcome of one check.
@@ -145,6 +186,8 @@ type Keyed = DefaultKeyedRateLimiter<Arc<str>, StateInformationMiddleware>;
 type Direct = DefaultDirectRateLimiter<StateInformationMiddleware>;
 
 pub struct RateLimiter {
+    /// Who a request counts as.
+    pub identifier: Identifier,
     default: Limit,
     overrides: HashMap<String, (Limit, Direct)>,
     local: Keyed,
@@ -156,7 +199,8 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `overrides` maps identity keys (`key:…`, see [`key_identity`]) to their limits.
     pub fn new(default: Limit, overrides: HashMap<String, Limit>, redis: Option<Arc<RedisConn>>) -> Self {
-        let overrides = overrides
+        let identifier = Identifier::new(overrides.keys().cloned(), Vec::new());
+        let overrides: HashMap<String, (Limit, Direct)> = overrides
             .into_iter()
             .map(|(k, l)| {
                 let direct = governor::RateLimiter::direct(l.quota()).with_middleware::<StateInformationMiddleware>();
@@ -164,6 +208,7 @@ impl RateLimiter {
             })
             .collect();
         RateLimiter {
+            identifier,
             default,
             overrides,
             local: governor::RateLimiter::keyed(default.quota()).with_middleware::<StateInformationMiddleware>(),
@@ -232,24 +277,55 @@ mod tests {
     use super::*;
 
     fn ip(addr: &str) -> Identity {
-        identify(&HeaderMap::new(), format!("{addr}:1").parse().unwrap(), false)
+        Identifier::default().identify(&HeaderMap::new(), format!("{addr}:1").parse().unwrap())
+    }
+
+    fn key_id(k: &str) -> String {
+        key_identity(&hex::encode(Sha256::digest(k.as_bytes())))
     }
 
     #[test]
-    fn identity_from_headers() {
+    fn only_known_keys_have_their_own_identity() {
         let peer: SocketAddr = "10.0.0.1:5".parse().unwrap();
+        let ids = Identifier::new([key_id("k1"), key_id("k2")], vec![]);
         let mut h = HeaderMap::new();
-        assert_eq!(&*identify(&h, peer, false).key, "ip:10.0.0.1");
-        h.insert("x-forwarded-for", "1.2.3.4, 10.0.0.1".parse().unwrap());
-        assert_eq!(&*identify(&h, peer, false).key, "ip:10.0.0.1");
-        assert_eq!(&*identify(&h, peer, true).key, "ip:1.2.3.4");
+        assert_eq!(&*ids.identify(&h, peer).key, "ip:10.0.0.1");
         h.insert("x-api-key", "k2".parse().unwrap());
-        let id = identify(&h, peer, false);
+        let id = ids.identify(&h, peer);
         assert!(id.key.starts_with("key:") && !id.key.contains("k2"));
         assert_eq!(api_key(&h), Some("k2"));
         h.insert("authorization", "Bearer k1".parse().unwrap());
         assert_eq!(api_key(&h), Some("k1"));
-        assert_ne!(identify(&h, peer, false).key, id.key);
+        assert_ne!(ids.identify(&h, peer).key, id.key);
+        // A key nobody configured is the client's address: random keys share one bucket.
+        for random in ["r1", "r2", "0123456789abcdef"] {
+            h.insert("authorization", format!("Bearer {random}").parse().unwrap());
+            assert_eq!(&*ids.identify(&h, peer).key, "ip:10.0.0.1", "{random}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy: SocketAddr = "10.0.0.1:5".parse().unwrap();
+        let stranger: SocketAddr = "203.0.113.9:5".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.2.3.4, 198.51.100.7".parse().unwrap());
+        // No trusted proxies: the header is ignored.
+        assert_eq!(&*Identifier::default().identify(&h, proxy).key, "ip:10.0.0.1");
+        let ids = Identifier::new([], vec!["10.0.0.0/8".parse().unwrap()]);
+        // From a trusted proxy: the rightmost untrusted address, not the spoofable leftmost one.
+        assert_eq!(&*ids.identify(&h, proxy).key, "ip:198.51.100.7");
+        // From anyone else: the peer, whatever the header says.
+        assert_eq!(&*ids.identify(&h, stranger).key, "ip:203.0.113.9");
+        // Trusted hops in the chain are skipped; several header lines are one list.
+        h.insert("x-forwarded-for", "6.6.6.6, 198.51.100.7".parse().unwrap());
+        h.append("x-forwarded-for", "10.1.2.3".parse().unwrap());
+        assert_eq!(&*ids.identify(&h, proxy).key, "ip:198.51.100.7");
+        // Garbage ends the chain at the last good hop; an empty header leaves the peer.
+        h.insert("x-forwarded-for", "1.2.3.4, not-an-ip, 10.9.9.9".parse().unwrap());
+        assert_eq!(&*ids.identify(&h, proxy).key, "ip:10.9.9.9");
+        h.insert("x-forwarded-for", "".parse().unwrap());
+        assert_eq!(&*ids.identify(&h, proxy).key, "ip:10.0.0.1");
     }
 
     #[tokio::test]
@@ -273,21 +349,22 @@ mod tests {
 
     #[tokio::test]
     async fn overrides_and_disabled() {
-        let id = |k: &str| key_identity(&hex::encode(Sha256::digest(k.as_bytes())));
+        let id = key_id;
         let mut o = HashMap::new();
         o.insert(id("vip"), Limit { rps: 0.01, burst: 5 });
         o.insert(id("free"), Limit { rps: 0.0, burst: 1 });
+        let ids = Identifier::new(o.keys().cloned(), vec![]);
         let rl = RateLimiter::new(Limit { rps: 0.01, burst: 1 }, o, None);
         let mut h = HeaderMap::new();
         h.insert("x-api-key", "vip".parse().unwrap());
-        let vip = identify(&h, "1.1.1.1:1".parse().unwrap(), false);
+        let vip = ids.identify(&h, "1.1.1.1:1".parse().unwrap());
         let mut passed = 0;
         for _ in 0..8 {
             passed += matches!(rl.check(&vip).await, Verdict::Allowed { .. }) as u32;
         }
         assert_eq!(passed, 5);
         h.insert("x-api-key", "free".parse().unwrap());
-        let free = identify(&h, "1.1.1.1:1".parse().unwrap(), false);
+        let free = ids.identify(&h, "1.1.1.1:1".parse().unwrap());
         assert_eq!(rl.check(&free).await, Verdict::Unlimited);
     }
 

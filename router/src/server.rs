@@ -3,7 +3,6 @@
 //! exists. With `--api-keys` the model endpoints and `/last_request_stats` sit behind
 //! [`auth::require_key`](crate::auth::require_key); `/health`, `/metrics`, `/backends` and
 //! `/router_model` stay open for probes and Prometheus. CORS admits only `--cors-origins`.
-use crate::ratelimit::identify;
 use crate::state::AppState;
 use crate::{generate, openai};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
@@ -166,7 +165,7 @@ async fn last_request_stats(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let id = identify(&headers, peer, st.config.trust_forwarded_for);
+    let id = st.limiter.identifier.identify(&headers, peer);
     match st.last_request(&id) {
         Some(v) => Json(&*v).into_response(),
         None => (StatusCode::NOT_FOUND, Json(ErrorBody::new("not_found", "no request from this key or address yet"))).into_response(),

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::learned::LearnedPolicy;
 use crate::policy::RoutingPolicy;
-use crate::ratelimit::{load_overrides, Identity, Limit, RateLimiter};
+use crate::ratelimit::{load_overrides, Identifier, Identity, Limit, RateLimiter};
 use crate::redis_conn::RedisConn;
 use crate::reqlog::{rfc3339, ReqLog};
 use anyhow::Context;
@@ -88,11 +88,15 @@ impl AppState {
             }
             None => None,
         };
-        let limiter = RateLimiter::new(
+        // A key has a bucket of its own only if the operator named it (an override or an API key).
+        let mut known: Vec<String> = overrides.keys().cloned().collect();
+        known.extend(api_keys.iter().flat_map(|k| k.identities()));
+        let mut limiter = RateLimiter::new(
             Limit { rps: config.rate_limit_rps, burst: config.rate_limit_burst },
             overrides,
             redis.clone(),
         );
+        limiter.identifier = Identifier::new(known, config.trusted_proxies.clone());
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .tcp_nodelay(true)

@@ -220,18 +220,29 @@ fn count(answers: &[Answer], status: u16) -> usize {
 
 const PRIMED: &str = r#"{"prompt":"Rate limits keep","max_tokens":2,"temp":0}"#;
 
+/// A rate-limit overrides file naming `keys` (only named keys get a bucket of their own), each
+/// with the given limit, plus `extra` entries as JSON.
+fn known_keys(dir: &std::path::Path, keys: &[&str], rps: f64, burst: u32, extra: &str) -> String {
+    let mut entries: Vec<String> = keys.iter().map(|k| format!(r#""{k}": {{"rps": {rps}, "burst": {burst}}}"#)).collect();
+    if !extra.is_empty() {
+        entries.push(extra.to_string());
+    }
+    let path = dir.join("keys.json");
+    std::fs::write(&path, format!("{{{}}}", entries.join(", "))).unwrap();
+    path.display().to_string()
+}
+
 #[test]
 fn rate_limit_is_exact_under_concurrency_in_process() {
     let b = gemma();
     let dir = tempfile::tempdir().unwrap();
-    let overrides = dir.path().join("keys.json");
-    std::fs::write(&overrides, r#"{"vip": {"rps": 0.01, "burst": 8}}"#).unwrap();
+    let overrides = known_keys(dir.path(), &["primer", "k1", "k2"], 0.01, 5, r#""vip": {"rps": 0.01, "burst": 8}"#);
     let r = Router::start(
         &[("m1", b.url())],
         &[
             ("RATE_LIMIT_RPS", "0.01".into()),
             ("RATE_LIMIT_BURST", "5".into()),
-            ("RATE_LIMIT_OVERRIDES", overrides.display().to_string()),
+            ("RATE_LIMIT_OVERRIDES", overrides),
             ("FIRST_TOKEN_TIMEOUT_MS", "120000".into()),
         ],
         &["m1"],
@@ -252,25 +263,31 @@ fn rate_limit_is_exact_under_concurrency_in_process() {
     assert_eq!(ok.header("x-ratelimit-limit").as_deref(), Some("5"));
     assert_eq!(ok.header("x-cache").as_deref(), Some("HIT"));
 
-    // Another key has its own bucket; Authorization: Bearer is a key too.
+    // Another known key has its own bucket; Authorization: Bearer is a key too.
     assert_eq!(post(&url, PRIMED, &[("authorization", "Bearer k2")]).status, 200);
     // The per-key override.
     assert_eq!(count(&burst(std::slice::from_ref(&url), 12, PRIMED, "vip"), 200), 8);
-    // Without a key the client IP is limited.
-    let by_ip: Vec<u16> = (0..7).map(|_| post(&url, PRIMED, &[]).status).collect();
-    assert_eq!(by_ip.iter().filter(|s| **s == 200).count(), 5, "{by_ip:?}");
-    assert_eq!(r.metric("router_rate_limited_total"), 15.0 + 4.0 + 2.0);
+    // A key nobody configured is limited by the client's address: a new random key with each
+    // request does not escape the limit.
+    let random: Vec<u16> = (0..7).map(|i| post(&url, PRIMED, &[("x-api-key", &format!("random-{i}"))]).status).collect();
+    assert_eq!(random.iter().filter(|s| **s == 200).count(), 5, "{random:?}");
+    // Without a key the client IP is limited: the same bucket, already empty.
+    let by_ip: Vec<u16> = (0..2).map(|_| post(&url, PRIMED, &[]).status).collect();
+    assert_eq!(by_ip, [429, 429]);
+    assert_eq!(r.metric("router_rate_limited_total"), 15.0 + 4.0 + 2.0 + 2.0);
 }
 
 #[test]
 fn two_routers_share_one_limit_and_one_cache_through_redis() {
     let b = gemma();
     let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
     let env = [
         ("REDIS_URL", redis.url()),
         ("REDIS_KEY_PREFIX", "t2:".to_string()),
         ("RATE_LIMIT_RPS", "0.01".into()),
         ("RATE_LIMIT_BURST", "5".into()),
+        ("RATE_LIMIT_OVERRIDES", known_keys(dir.path(), &["primer", "shared"], 0.01, 5, "")),
         ("FIRST_TOKEN_TIMEOUT_MS", "120000".into()),
     ];
     let (p1, p2) = (CountingProxy::start(b.port), CountingProxy::start(b.port));
@@ -297,6 +314,7 @@ fn two_routers_share_one_limit_and_one_cache_through_redis() {
 fn redis_outage_keeps_serving_and_recovers() {
     let b = gemma();
     let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
     let r = Router::start(
         &[("m1", b.url())],
         &[
@@ -305,6 +323,7 @@ fn redis_outage_keeps_serving_and_recovers() {
             ("REDIS_RETRY_MS", "300".into()),
             ("RATE_LIMIT_RPS", "0.01".into()),
             ("RATE_LIMIT_BURST", "3".into()),
+            ("RATE_LIMIT_OVERRIDES", known_keys(dir.path(), &["a", "b", "c", "d", "e"], 0.01, 3, "")),
             ("FIRST_TOKEN_TIMEOUT_MS", "120000".into()),
         ],
         &["m1"],

@@ -42,7 +42,15 @@ fn api_keys_are_required_hashed_and_limited_per_key() {
     )
     .unwrap();
     let (_stub, port) = stub("m1", "cpu");
-    let r = Router::start(&[("m1", format!("http://127.0.0.1:{port}"))], &[("API_KEYS_FILE", keys.display().to_string())], &["m1"]);
+    let r = Router::start(
+        &[("m1", format!("http://127.0.0.1:{port}"))],
+        &[
+            ("API_KEYS_FILE", keys.display().to_string()),
+            ("RATE_LIMIT_RPS", "0.01".into()),
+            ("RATE_LIMIT_BURST", "3".into()),
+        ],
+        &["m1"],
+    );
     let url = format!("{}/generate", r.url());
 
     let a = post(&url, BODY, &[]);
@@ -52,13 +60,18 @@ fn api_keys_are_required_hashed_and_limited_per_key() {
     // The hash itself is not a key.
     assert_json_error(&post(&url, BODY, &[("x-api-key", &sha("bob-secret-91c2"))]), 401, "invalid_api_key");
 
-    // bob has no limit of his own (the router's default is off): every request passes.
-    for _ in 0..4 {
-        let a = post(&url, BODY, &[("authorization", "Bearer bob-secret-91c2")]);
-        assert_eq!(a.status, 200, "{}", a.body);
-        assert!(a.event("done").is_some(), "{:?}", a.names());
-    }
-    // alice's own limit: a burst of 2, then 429.
+    // bob has no limit of his own: the default limit (burst 3), in a bucket of his own.
+    let bob: Vec<u16> = (0..4)
+        .map(|_| {
+            let a = post(&url, BODY, &[("authorization", "Bearer bob-secret-91c2")]);
+            if a.status == 200 {
+                assert!(a.event("done").is_some(), "{:?}", a.names());
+            }
+            a.status
+        })
+        .collect();
+    assert_eq!(bob, [200, 200, 200, 429]);
+    // alice's own limit: a burst of 2, then 429; bob's empty bucket is not hers.
     let statuses: Vec<u16> = (0..4).map(|_| post(&url, BODY, &[("x-api-key", "alice-secret-7f3a")]).status).collect();
     assert_eq!(statuses, [200, 200, 429, 429]);
 
