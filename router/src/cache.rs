@@ -68,11 +68,17 @@ pub fn normalize_prompt(prompt: &str, chat: bool) -> String {
     p
 }
 
-/// The cache key: SHA-256 over the backend call (path and body: prompt and every sampling field)
-/// and the routing inputs (`prefer_backend`, forced model), hex-encoded.
-pub fn cache_key(upstream_path: &str, upstream_body: &[u8], preference: &str, model: Option<&str>) -> String {
+/// The cache key: SHA-256 over the backend call (path and body: prompt and every sampling field),
+/// the routing inputs (`prefer_backend`, forced model) and the tenant whose entries these are
+/// (`None`: shared by every caller), hex-encoded.
+pub fn cache_key(upstream_path: &str, upstream_body: &[u8], preference: &str, model: Option<&str>, tenant: Option<&str>) -> String {
     let mut h = Sha256::new();
     h.update(b"polyllm-cache-v1\0");
+    if let Some(t) = tenant {
+        h.update(b"tenant\0");
+        h.update(t.as_bytes());
+        h.update(b"\0");
+    }
     h.update(upstream_path.as_bytes());
     h.update(b"\0");
     h.update(upstream_body);
@@ -204,14 +210,19 @@ mod tests {
 
     #[test]
     fn key_covers_every_input() {
-        let base = cache_key("/generate", br#"{"prompt":"a","temp":0}"#, "auto", None);
+        let ck = |path: &str, body: &[u8], pref: &str, model: Option<&str>| cache_key(path, body, pref, model, None);
+        let base = ck("/generate", br#"{"prompt":"a","temp":0}"#, "auto", None);
+        let tenant = |t: &str| cache_key("/generate", br#"{"prompt":"a","temp":0}"#, "auto", None, Some(t));
+        assert_ne!(base, tenant("key:aaaa"), "a tenant's entries are its own");
+        assert_ne!(tenant("key:aaaa"), tenant("key:bbbb"));
+        assert_eq!(tenant("key:aaaa"), tenant("key:aaaa"));
         assert_eq!(base.len(), 64);
-        assert_eq!(base, cache_key("/generate", br#"{"prompt":"a","temp":0}"#, "auto", None));
-        assert_ne!(base, cache_key("/generate", br#"{"prompt":"b","temp":0}"#, "auto", None));
-        assert_ne!(base, cache_key("/generate", br#"{"prompt":"a","temp":0}"#, "gpu", None));
-        assert_ne!(base, cache_key("/generate", br#"{"prompt":"a","temp":0}"#, "auto", Some("m1")));
-        assert_ne!(base, cache_key("/v1/chat/completions", br#"{"prompt":"a","temp":0}"#, "auto", None));
-        assert_eq!(base, cache_key("/generate", br#"{"prompt":"a","temp":0}"#, "auto", Some("auto")));
+        assert_eq!(base, ck("/generate", br#"{"prompt":"a","temp":0}"#, "auto", None));
+        assert_ne!(base, ck("/generate", br#"{"prompt":"b","temp":0}"#, "auto", None));
+        assert_ne!(base, ck("/generate", br#"{"prompt":"a","temp":0}"#, "gpu", None));
+        assert_ne!(base, ck("/generate", br#"{"prompt":"a","temp":0}"#, "auto", Some("m1")));
+        assert_ne!(base, ck("/v1/chat/completions", br#"{"prompt":"a","temp":0}"#, "auto", None));
+        assert_eq!(base, ck("/generate", br#"{"prompt":"a","temp":0}"#, "auto", Some("auto")));
     }
 
     #[test]

@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_OVERRIDES")]
     pub rate_limit_overrides: Option<PathBuf>,
 
+    /// With --api-keys, share cached answers across keys (by default each key has its own cache
+    /// entries, so no tenant is served, or learns about, another's prompts).
+    #[arg(long, env = "SHARED_CACHE")]
+    pub shared_cache: bool,
+
     /// Proxies (comma-separated addresses or CIDRs) whose X-Forwarded-For is believed: from
     /// them, the client is the rightmost forwarded address that is not itself a trusted proxy.
     /// Empty (the default): the header is ignored and the TCP peer is the client.

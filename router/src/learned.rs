@@ -16,6 +16,7 @@ use arc_swap::ArcSwapOption;
 use polyllm_common::features::{assemble, Embedder, Embedding, Featurizer};
 use polyllm_common::router_model::{RouterModelMeta, META_FILE, MODEL_FILE};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use polyllm_common::gbdt::Predictor;
 use crate::policy::{BaselinePolicy, Candidate, Decision, PolicyError, Preference, RoutingContext, RoutingPolicy};
@@ -117,7 +118,9 @@ pub struct LearnedPolicy {
     last_error: Mutex<Option<String>>,
     baseline: BaselinePolicy,
     /// Embeddings of recent prompts: the embedding is most of a decision's cost.
-    embeddings: moka::sync::Cache<String, Arc<Embedding>>,
+    /// Keyed by the prompt's SHA-256, not the prompt (prompts run to 32k characters): the cache's
+    /// memory is bounded by its entry count times one embedding.
+    embeddings: moka::sync::Cache<[u8; 32], Arc<Embedding>>,
 }
 
 impl LearnedPolicy {
@@ -223,11 +226,12 @@ impl LearnedPolicy {
     }
 
     fn embed(&self, f: &Featurizer, prompt: &str) -> Result<Arc<Embedding>, PolicyError> {
-        if let Some(e) = self.embeddings.get(prompt) {
+        let key: [u8; 32] = Sha256::digest(prompt.as_bytes()).into();
+        if let Some(e) = self.embeddings.get(&key) {
             return Ok(e);
         }
         let e = Arc::new(f.embedder().embed(prompt).map_err(|e| PolicyError::Failed(e.to_string()))?);
-        self.embeddings.insert(prompt.to_string(), e.clone());
+        self.embeddings.insert(key, e.clone());
         Ok(e)
     }
 }

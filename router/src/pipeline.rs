@@ -138,7 +138,10 @@ pub async fn start(st: &Arc<AppState>, adm: &Admitted, req: RouterRequest, promp
     let path = req.protocol.path();
     let key = match &st.cache {
         Some(_) if cacheable(req.temp, req.seed, st.config.default_temp) => {
-            Some(cache_key(path, &req.upstream_body, req.preference.as_str(), req.model.as_deref()))
+            // With API keys on, each key has its own entries unless the operator shares them:
+            // one tenant's answer (and a HIT that says what others asked) never reaches another.
+            let tenant = (st.api_keys.is_some() && !st.config.shared_cache).then_some(&*adm.identity.key);
+            Some(cache_key(path, &req.upstream_body, req.preference.as_str(), req.model.as_deref(), tenant))
         }
         _ => None,
     };

@@ -18,6 +18,20 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+/// How many bytes of `/last_request_stats` records the router keeps (least recently used go first).
+pub const LAST_REQUEST_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The per-caller last-request records, bounded by bytes (each record weighs its JSON size), not
+/// by count: a record with the learned route's features and contributions is a few KB, and every
+/// caller address has one.
+fn last_requests(max_bytes: u64) -> moka::sync::Cache<Arc<str>, Arc<Value>> {
+    moka::sync::Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|k: &Arc<str>, v: &Arc<Value>| u32::try_from(k.len() + v.to_string().len()).unwrap_or(u32::MAX))
+        .time_to_idle(Duration::from_secs(24 * 3600))
+        .build()
+}
+
 pub struct AppState {
     pub config: Config,
     pub registry: Arc<Registry>,
@@ -113,7 +127,7 @@ impl AppState {
             ),
             None => None,
         };
-        let last = moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(24 * 3600)).build();
+        let last = last_requests(LAST_REQUEST_BYTES);
         Ok(AppState { config, registry, policy, cache, limiter, redis, metrics, client, reqlog, learned: None, api_keys, last })
     }
 
@@ -207,5 +221,22 @@ impl AppState {
         if let Some(log) = &self.reqlog {
             log.shutdown();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_request_records_are_bounded_by_bytes() {
+        let cache = last_requests(1024 * 1024);
+        let record = Arc::new(json!({ "route": { "features": "x".repeat(10_000) } }));
+        for i in 0..1_000 {
+            cache.insert(Arc::from(format!("ip:10.0.{}.{}", i / 256, i % 256)), record.clone());
+        }
+        cache.run_pending_tasks();
+        assert!(cache.weighted_size() <= 1024 * 1024, "{} bytes kept", cache.weighted_size());
+        assert!(cache.entry_count() < 120, "{} of 1000 10-KB records kept in 1 MB", cache.entry_count());
     }
 }

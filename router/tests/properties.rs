@@ -93,7 +93,7 @@ fn body(f: &[(&'static str, Value)], pretty: bool) -> Vec<u8> {
 /// The key the pipeline computes for a `/generate` body.
 fn key_of(body: &[u8]) -> String {
     let r = validation::generate(body, LIMITS).expect("valid request");
-    cache_key(r.protocol.path(), &r.upstream_body, r.preference.as_str(), r.model.as_deref())
+    cache_key(r.protocol.path(), &r.upstream_body, r.preference.as_str(), r.model.as_deref(), None)
 }
 
 proptest! {

@@ -219,3 +219,37 @@ fn no_text_mode_keeps_prompt_and_answer_out_of_every_log() {
         assert!(!text.contains(answer.trim()), "the answer {answer:?} is in the {name}");
     }
 }
+
+#[test]
+fn with_api_keys_the_cache_is_per_key_unless_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[key]]\nname = \"alice\"\nsha256 = \"{}\"\n\n[[key]]\nname = \"bob\"\nsha256 = \"{}\"\n",
+            sha("alice-secret-7f3a"),
+            sha("bob-secret-91c2")
+        ),
+    )
+    .unwrap();
+    let (_stub, port) = stub("m1", "cpu");
+    let cached = r#"{"prompt": "what did the others ask?", "max_tokens": 2, "temp": 0}"#;
+    for (shared, bob_sees) in [(false, "MISS"), (true, "HIT")] {
+        let mut env = vec![("API_KEYS_FILE", keys.display().to_string())];
+        if shared {
+            env.push(("SHARED_CACHE", "true".to_string()));
+        }
+        let r = Router::start(&[("m1", format!("http://127.0.0.1:{port}"))], &env, &["m1"]);
+        let url = format!("{}/generate", r.url());
+        let alice = [("x-api-key", "alice-secret-7f3a")];
+        assert_eq!(post(&url, cached, &alice).header("x-cache").as_deref(), Some("MISS"));
+        // The entry is stored after the done event went out: wait until alice's repeat hits.
+        wait_for("alice's cache entry", std::time::Duration::from_secs(5), || {
+            post(&url, cached, &alice).header("x-cache").as_deref() == Some("HIT")
+        });
+        let bob = post(&url, cached, &[("authorization", "Bearer bob-secret-91c2")]);
+        assert_eq!(bob.status, 200, "{}", bob.body);
+        assert_eq!(bob.header("x-cache").as_deref(), Some(bob_sees), "shared cache: {shared}");
+    }
+}
