@@ -353,3 +353,39 @@ impl LearnedPolicy {
         self.baseline.name()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyKind;
+
+    fn committed_model() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("model")
+    }
+
+    #[test]
+    fn a_corrupt_or_half_written_model_never_replaces_a_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [MODEL_FILE, META_FILE] {
+            std::fs::copy(committed_model().join(f), dir.path().join(f)).unwrap();
+        }
+        let policy = LearnedPolicy::new(dir.path(), Path::new("/nonexistent"), BaselinePolicy { kind: PolicyKind::Smallest });
+        let good = policy.status();
+        assert!(good.loaded && good.error.is_none(), "{good:?}");
+        let text = std::fs::read_to_string(committed_model().join(MODEL_FILE)).unwrap();
+        // Half written (cut mid-tree), garbage, and a tree that points past its leaves.
+        for broken in [&text[..text.len() / 2], "not a model", &text.replacen("left_child=", "left_child=99 ", 1)] {
+            std::fs::write(dir.path().join(MODEL_FILE), broken).unwrap();
+            let e = policy.reload().unwrap_err();
+            assert!(matches!(e, LearnedError::Invalid { .. }), "{e}");
+            let now = policy.status();
+            assert!(now.loaded, "the old model keeps serving");
+            assert_eq!(now.trained_at, good.trained_at);
+            assert!(now.error.as_deref().is_some_and(|m| m.contains(MODEL_FILE)), "{now:?}");
+        }
+        // At start, a broken model is a clear error and the baseline routes.
+        let fresh = LearnedPolicy::new(dir.path(), Path::new("/nonexistent"), BaselinePolicy { kind: PolicyKind::Smallest });
+        let st = fresh.status();
+        assert!(!st.loaded && st.error.as_deref().is_some_and(|m| m.contains("model.txt")), "{st:?}");
+    }
+}
