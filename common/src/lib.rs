@@ -6,7 +6,9 @@ pub mod catalog;
 pub mod listener;
 pub mod sse;
 pub mod wire;
+#[cfg(feature = "featurizer")]
 pub mod features;
 pub mod route;
+#[cfg(feature = "featurizer")]
 pub mod router_model;
 pub mod gbdt;
