@@ -28,19 +28,23 @@ fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     (r.status().as_u16(), r.text().unwrap())
 }
 
+/// A keys file accepting alice (`alice-secret-7f3a`, with `alice_extra` TOML lines) and bob
+/// (`bob-secret-91c2`), by their SHA-256.
+fn alice_and_bob(dir: &std::path::Path, alice_extra: &str) -> std::path::PathBuf {
+    let keys = dir.join("keys.toml");
+    let text = format!(
+        "[[key]]\nname = \"alice\"\nsha256 = \"{}\"\n{alice_extra}\n[[key]]\nname = \"bob\"\nsha256 = \"{}\"\n",
+        sha("alice-secret-7f3a"),
+        sha("bob-secret-91c2")
+    );
+    std::fs::write(&keys, text).unwrap();
+    keys
+}
+
 #[test]
 fn api_keys_are_required_hashed_and_limited_per_key() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!(
-            "[[key]]\nname = \"alice\"\nsha256 = \"{}\"\nrps = 0.01\nburst = 2\n\n[[key]]\nname = \"bob\"\nsha256 = \"{}\"\n",
-            sha("alice-secret-7f3a"),
-            sha("bob-secret-91c2")
-        ),
-    )
-    .unwrap();
+    let keys = alice_and_bob(dir.path(), "rps = 0.01\nburst = 2\n");
     let (_stub, port) = stub("m1", "cpu");
     let r = Router::start(
         &[("m1", format!("http://127.0.0.1:{port}"))],
@@ -223,16 +227,7 @@ fn no_text_mode_keeps_prompt_and_answer_out_of_every_log() {
 #[test]
 fn with_api_keys_the_cache_is_per_key_unless_shared() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!(
-            "[[key]]\nname = \"alice\"\nsha256 = \"{}\"\n\n[[key]]\nname = \"bob\"\nsha256 = \"{}\"\n",
-            sha("alice-secret-7f3a"),
-            sha("bob-secret-91c2")
-        ),
-    )
-    .unwrap();
+    let keys = alice_and_bob(dir.path(), "");
     let (_stub, port) = stub("m1", "cpu");
     let cached = r#"{"prompt": "what did the others ask?", "max_tokens": 2, "temp": 0}"#;
     for (shared, bob_sees) in [(false, "MISS"), (true, "HIT")] {
