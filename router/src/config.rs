@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_OVERRIDES")]
     pub rate_limit_overrides: Option<PathBuf>,
 
+    /// Write request text into the router's log: error messages that quote what the client sent
+    /// (which can be prompt text). Off by default: the log carries error types and prompt hashes.
+    #[arg(long, env = "LOG_PROMPTS")]
+    pub log_prompts: bool,
+
     /// With --api-keys, share cached answers across keys (by default each key has its own cache
     /// entries, so no tenant is served, or learns about, another's prompts).
     #[arg(long, env = "SHARED_CACHE")]

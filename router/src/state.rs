@@ -185,7 +185,11 @@ impl AppState {
             tokens,
             cache_hit,
             status = o.status,
-            error = o.error.map_or("", |e| e.error.message.as_str()),
+            error = o.error.map_or("", |e| e.error.kind.as_str()),
+            // A message can quote what the client sent (serde names the offending value, and
+            // `prefer_backend`/`model` echo theirs), which may be prompt text: logged only when
+            // prompt logging is switched on.
+            error_message = if self.config.log_prompts { o.error.map_or("", |e| e.error.message.as_str()) } else { "" },
             "request"
         );
         let v = json!({

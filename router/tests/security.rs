@@ -248,3 +248,66 @@ fn with_api_keys_the_cache_is_per_key_unless_shared() {
         assert_eq!(bob.header("x-cache").as_deref(), Some(bob_sees), "shared cache: {shared}");
     }
 }
+
+/// Sends a streaming request and hangs up after the first bytes of the answer.
+fn disconnect_early(base: &str, body: &str) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "POST /generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut buf = [0u8; 64];
+    let _ = s.read(&mut buf);
+}
+
+#[test]
+fn a_canary_prompt_never_reaches_a_log_at_debug_level() {
+    let backend = gemma();
+    let dead = free_port();
+    let canary = "kestrel-canary-6f1e9";
+    let run = |log_prompts: bool| -> String {
+        let mut env = vec![("RUST_LOG", "debug".to_string()), ("FIRST_TOKEN_TIMEOUT_MS", "120000".into())];
+        if log_prompts {
+            env.push(("LOG_PROMPTS", "true".into()));
+        }
+        // m0 is a dead port: requests forced there fail over (5xx paths), m1 answers.
+        let r = Router::start(&[("m1", backend.url()), ("m0", format!("http://127.0.0.1:{dead}"))], &env, &["m1"]);
+        let g = format!("{}/generate", r.url());
+        let chat = format!("{}/v1/chat/completions", r.url());
+        let prompt = format!("The {canary} flew over");
+        let ok = serde_json::json!({ "prompt": prompt, "max_tokens": 4, "temp": 0 }).to_string();
+        // Success, then a cache hit.
+        assert_eq!(post(&g, &ok, &[]).status, 200);
+        assert_eq!(post(&g, &ok, &[]).header("x-cache").as_deref(), Some("HIT"));
+        // Every kind of 4xx, each carrying the canary where a message could quote it.
+        let bad = [
+            (format!(r#"{{"prompt": "{canary}""#), 400),
+            (serde_json::json!({ "prompt": [canary] }).to_string(), 422),
+            (serde_json::json!({ "prompt": prompt, "temp": -1 }).to_string(), 400),
+            (serde_json::json!({ "prompt": prompt, "prefer_backend": canary }).to_string(), 400),
+            (serde_json::json!({ "prompt": prompt, "max_tokens": 0 }).to_string(), 400),
+            (serde_json::json!({ "prompt": canary.repeat(3000) }).to_string(), 400),
+        ];
+        for (body, status) in &bad {
+            assert_eq!(post(&g, body, &[]).status, *status, "{body:.80}");
+        }
+        let a = post(&chat, &serde_json::json!({ "model": canary, "messages": [{"role": "user", "content": prompt}] }).to_string(), &[]);
+        assert!(a.status >= 400 && a.status < 500, "{}", a.body);
+        let a = post(&chat, &serde_json::json!({ "messages": canary }).to_string(), &[]);
+        assert_eq!(a.status, 422, "{}", a.body);
+        // A request forced onto the dead backend (5xx), and a client that leaves mid-answer.
+        let forced = serde_json::json!({ "prompt": format!("{prompt} again"), "max_tokens": 4, "model": "m0" }).to_string();
+        assert!(post(&g, &forced, &[]).status >= 500);
+        disconnect_early(&r.url(), &serde_json::json!({ "prompt": format!("{prompt} and away"), "max_tokens": 64 }).to_string());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::read_to_string(&r.proc.log).unwrap()
+    };
+    let quiet = run(false);
+    assert!(quiet.contains("\"level\":\"DEBUG\""), "the router did not log at debug level");
+    assert!(!quiet.contains(canary), "the canary is in the router's log:\n{}", quiet.lines().filter(|l| l.contains(canary)).collect::<Vec<_>>().join("\n"));
+    // The model service that answered (and saw the disconnect) does not log it either.
+    let backend_log = std::env::temp_dir().join(format!("router-test-inference-m1-{}-{}.log", backend.port, std::process::id()));
+    let backend_log = std::fs::read_to_string(&backend_log).unwrap_or_else(|e| panic!("{}: {e}", backend_log.display()));
+    assert!(!backend_log.contains(canary), "the canary is in the model service's log");
+    // The switch is real: with prompt logging on, the validation messages that quote it are logged.
+    assert!(run(true).contains(canary), "LOG_PROMPTS=true logged no request text");
+}
