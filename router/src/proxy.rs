@@ -336,7 +336,15 @@ async fn attempt(st: &AppState, job: &Job, backend: &Arc<Backend>, route: Arc<Ro
         .header("x-request-id", &*job.request_id)
         .body(job.upstream_body.clone())
         .send();
-    let resp = match timeout_at(deadline, send).await {
+    // A client that leaves while the backend is still queueing or prefilling must free the backend
+    // at once: dropping the request (or, below, the body stream) closes the upstream connection,
+    // which the model service takes as a cancellation.
+    let sent = tokio::select! {
+        biased;
+        _ = tx.closed() => return Attempt::Gone,
+        r = timeout_at(deadline, send) => r,
+    };
+    let resp = match sent {
         Err(_) => return Attempt::Next { reason: "first_token_timeout", detail: "no response before the first-token timeout".into() },
         Ok(Err(e)) => {
             let detail = format!("cannot reach {}: {}", backend.url, error_chain(&e));
@@ -386,7 +394,12 @@ async fn attempt(st: &AppState, job: &Job, backend: &Arc<Backend>, route: Arc<Ro
             Some(_) => tokio::time::Instant::now() + token_timeout,
         };
         let sent = job.stream && first.is_some();
-        let chunk = match timeout_at(wait_until, body.next()).await {
+        let next = tokio::select! {
+            biased;
+            _ = tx.closed() => return Attempt::Gone,
+            r = timeout_at(wait_until, body.next()) => r,
+        };
+        let chunk = match next {
             Err(_) if !sent => {
                 return Attempt::Next {
                     reason: "first_token_timeout",

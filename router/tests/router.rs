@@ -510,3 +510,53 @@ fn openai_python_client_works_against_the_router() {
     assert_eq!(v["chat_model"], "qwen2.5-coder-0.5b-instruct", "{v}");
     assert_eq!(v["completion_model"], "gemma-3-270m", "{v}");
 }
+
+/// A backend that accepts `/generate`, answers the SSE headers and then sends nothing (a long
+/// prefill), reporting on `closed` when the router hangs up on it. `/health` answers as m1.
+fn prefilling_backend() -> (u16, std::sync::mpsc::Receiver<&'static str>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                let n = c.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                if head.starts_with("GET /health") {
+                    let body = r#"{"status":"ok","model_id":"m1","model":"gemma-3-270m","arch":"gemma3","device":"cpu"}"#;
+                    let _ = write!(c, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                } else if head.starts_with("POST /generate") {
+                    let _ = write!(c, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
+                    let _ = tx.send("started");
+                    // Prefilling: nothing to send until the router hangs up.
+                    while c.read(&mut buf).is_ok_and(|n| n > 0) {}
+                    let _ = tx.send("closed");
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// A client that leaves while its prompt is still being prefilled frees the backend at once: the
+/// router drops the upstream request instead of waiting for the first token to notice.
+#[test]
+fn a_client_leaving_during_prefill_is_cancelled_upstream_within_a_second() {
+    use std::io::Write;
+    let (port, events) = prefilling_backend();
+    let r = Router::start(&[("m1", format!("http://127.0.0.1:{port}"))], &[("FIRST_TOKEN_TIMEOUT_MS", "30000".into())], &["m1"]);
+    let body = r#"{"prompt":"a long prompt","max_tokens":8}"#;
+    let addr = r.url().trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(s, "POST /generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    assert_eq!(events.recv_timeout(Duration::from_secs(10)), Ok("started"));
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    let left = Instant::now();
+    assert_eq!(events.recv_timeout(Duration::from_secs(1)), Ok("closed"), "the router kept the backend busy after the client left");
+    eprintln!("upstream closed {} ms after the client left", left.elapsed().as_millis());
+}
