@@ -51,6 +51,11 @@ pub struct Config {
     #[arg(long, env = "MAX_QUEUE", default_value_t = 16)]
     pub max_queue: usize,
 
+    /// Most prompt tokens per prefill pass. A long prompt is run in chunks of this size, and a
+    /// client that leaves is noticed between chunks (its slot freed within one chunk's time).
+    #[arg(long, env = "PREFILL_CHUNK", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub prefill_chunk: u64,
+
     /// Context length (prompt plus generated tokens); default and upper bound: the model's own.
     #[arg(long, env = "CONTEXT")]
     pub context: Option<usize>,

@@ -1,10 +1,11 @@
 //! The model and the generation loop of one request.
 //!
 //! [`Engine`] owns what every request shares (weights, tokenizer, chat template, device). A request
-//! runs as a [`Job`] on a blocking thread: prefill the prompt in one forward pass, then decode
-//! token by token, sending each decoded piece as an [`Event`] down a channel. When the receiver is
-//! gone (the client disconnected) the next send fails and the loop stops: a disconnect costs at
-//! most one more token, and the request's slot and KV cache are freed with the thread.
+//! runs as a [`Job`] on a blocking thread: prefill the prompt in chunks of at most
+//! [`Engine::prefill_chunk`] tokens, then decode token by token, sending each decoded piece as an
+//! [`Event`] down a channel. When the receiver is gone (the client disconnected) the loop stops: it
+//! looks between prefill chunks and after every token, so a disconnect costs at most one more chunk
+//! or token, and the request's slot and KV cache are freed with the thread.
 use crate::chat::ChatTemplate;
 use crate::metrics::Metrics;
 use crate::model::{Arch, Session, Weights};
@@ -30,6 +31,8 @@ pub struct Engine {
     pub model_id: String,
     pub model_name: String,
     pub metrics: Arc<Metrics>,
+    /// Most prompt tokens per prefill forward pass; between passes a gone client is noticed.
+    pub prefill_chunk: usize,
 }
 
 /// One validated request, ready to run.
@@ -136,7 +139,9 @@ impl Engine {
         let stop_ids = self.tokenizer.stop_ids();
         self.metrics.prompt_tokens.inc_by(job.prompt_ids.len() as u64);
 
-        let mut logits = session.forward(&job.prompt_ids, 0, &self.device)?;
+        let Some(mut logits) = self.prefill(&mut session, &job.prompt_ids, tx)? else {
+            return Ok(false);
+        };
         let mut pos = job.prompt_ids.len();
         let mut completion = 0usize;
         let mut first_token_at: Option<Instant> = None;
@@ -204,6 +209,21 @@ impl Engine {
             tokens_per_second,
         };
         Ok(tx.blocking_send(Event::Done(stats)).is_ok())
+    }
+
+    /// Runs the prompt through `session` in chunks; the logits of its last position, or `None` when
+    /// the client left between chunks.
+    fn prefill(&self, session: &mut Session, prompt: &[u32], tx: &mpsc::Sender<Event>) -> Result<Option<candle_core::Tensor>> {
+        anyhow::ensure!(!prompt.is_empty(), "empty prompt");
+        let chunk = self.prefill_chunk.max(1);
+        let mut logits = None;
+        for (i, part) in prompt.chunks(chunk).enumerate() {
+            if tx.is_closed() {
+                return Ok(None);
+            }
+            logits = Some(session.forward(part, i * chunk, &self.device)?);
+        }
+        Ok(logits)
     }
 
     /// One short greedy generation, so the first real request does not pay for lazy set-up.

@@ -94,6 +94,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let model_path = cfg.model.clone();
     let has_template = template.is_some();
     let kernels = cfg.kernels;
+    let prefill_chunk = cfg.prefill_chunk;
     tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         let arch = header.arch;
@@ -108,6 +109,7 @@ async fn serve(cfg: Config) -> Result<()> {
                 model_id: identity.model_id.clone(),
                 model_name: identity.model.clone(),
                 metrics,
+                prefill_chunk: prefill_chunk as usize,
             };
             engine.warm_up()?;
             Ok(engine)
