@@ -367,6 +367,65 @@ fn redis_outage_keeps_serving_and_recovers() {
     assert_eq!(health["redis"], "up");
 }
 
+/// A hung Redis (stopped with SIGSTOP: its sockets stay open, nothing answers) costs requests at
+/// most the Redis timeout: the router serves on, limits fall back in process, `/health` says
+/// "down", and once Redis thaws the router uses it again.
+#[test]
+fn a_hung_redis_costs_at_most_its_timeout() {
+    let b = gemma();
+    let redis = Redis::start();
+    let r = Router::start(
+        &[("m1", b.url())],
+        &[
+            ("REDIS_URL", redis.url()),
+            ("REDIS_KEY_PREFIX", "t9:".to_string()),
+            ("REDIS_TIMEOUT_MS", "100".into()),
+            ("REDIS_RETRY_MS", "300".into()),
+            ("FIRST_TOKEN_TIMEOUT_MS", "120000".into()),
+        ],
+        &["m1"],
+    );
+    let url = gen_url(&r);
+    let body = r#"{"prompt":"When the database hangs","max_tokens":3,"temp":0}"#;
+    let first = post(&url, body, &[]);
+    assert_eq!(first.status, 200);
+    wait_for("cache entry", Duration::from_secs(5), || !redis.keys("t9:cache:*").is_empty());
+
+    redis.freeze(true);
+    let slowest = (0..6)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(post(&url, r#"{"prompt":""}"#, &[]).status, 400, "the limiter refused or failed while Redis hung");
+            t.elapsed()
+        })
+        .max()
+        .unwrap();
+    assert!(slowest < Duration::from_millis(1000), "a request took {slowest:?} while Redis hung (timeout 100 ms)");
+    let t = Instant::now();
+    let during = post(&url, body, &[]);
+    assert_eq!(during.status, 200, "not served while Redis hung: {}", during.body);
+    assert_eq!(during.text(), first.text());
+    let t_health = Instant::now();
+    let health: Value = http().get(format!("{}/health", r.url())).send().unwrap().json().unwrap();
+    assert!(t_health.elapsed() < Duration::from_millis(1000), "/health took {:?}", t_health.elapsed());
+    assert_eq!(health["redis"], "down");
+    assert!(r.metric("router_redis_errors_total") >= 1.0);
+    eprintln!("slowest limiter request {slowest:?}; a generation {:?} while Redis hung", t.elapsed());
+
+    redis.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Redis is tried again by the next request after REDIS_RETRY_MS.
+        let hit = post(&url, body, &[]).header("x-cache").as_deref() == Some("HIT");
+        let h: Value = http().get(format!("{}/health", r.url())).send().unwrap().json().unwrap();
+        if hit && h["redis"] == "up" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "router did not return to redis:\n{}", r.proc.log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Reads a streaming answer, calling `on_event` after each event.
 fn stream_events(url: &str, body: &str, mut on_event: impl FnMut(&str)) -> Vec<String> {
     let mut resp = http().post(url).header("content-type", "application/json").body(body.to_string()).send().unwrap();
@@ -559,4 +618,72 @@ fn a_client_leaving_during_prefill_is_cancelled_upstream_within_a_second() {
     let left = Instant::now();
     assert_eq!(events.recv_timeout(Duration::from_secs(1)), Ok("closed"), "the router kept the backend busy after the client left");
     eprintln!("upstream closed {} ms after the client left", left.elapsed().as_millis());
+}
+
+/// When every backend's queue is full, the router answers at once with a 503 JSON error and a
+/// Retry-After header (after trying each backend once), and serves again once a slot frees.
+#[test]
+fn every_queue_full_is_a_503_with_retry_after() {
+    let flags = [("--max-concurrent", "1"), ("--max-queue", "0")];
+    let (a, b) = (Inference::start_with("m1", GEMMA, &flags), Inference::start_with("m2", GEMMA, &flags));
+    let r = Router::start(&[("m1", a.url()), ("m2", b.url())], &[], &["m1", "m2"]);
+    let long = r#"{"prompt":"Once upon a time","max_tokens":1500,"temp":0,"chat":false}"#;
+    let hold = |url: String| {
+        let resp = http().post(format!("{url}/generate")).header("content-type", "application/json").body(long).send().unwrap();
+        assert_eq!(resp.status(), 200, "the backend did not take the long request");
+        resp
+    };
+    let busy = [hold(a.url()), hold(b.url())];
+    wait_for("both slots taken", Duration::from_secs(10), || a.metric("model_in_flight") == 1.0 && b.metric("model_in_flight") == 1.0);
+    let t0 = Instant::now();
+    let ans = post(&format!("{}/generate", r.url()), r#"{"prompt":"Every queue is full","max_tokens":2,"temp":0,"stream":false}"#, &[]);
+    assert!(t0.elapsed() < Duration::from_secs(5), "the router waited {:?} instead of refusing", t0.elapsed());
+    assert_eq!(ans.status, 503, "{}", ans.body);
+    assert_eq!(ans.header("retry-after").as_deref(), Some("1"), "no Retry-After on the 503");
+    let v: Value = serde_json::from_str(&ans.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", ans.body));
+    assert!(v["error"]["type"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    for (id, inf) in [("m1", &a), ("m2", &b)] {
+        let refused = inf.metric(&format!("model_requests_total{{model_id=\"{id}\",status=\"overloaded\"}}"));
+        assert_eq!(refused, 1.0, "{id} was not tried exactly once");
+    }
+    drop(busy);
+    wait_for("a freed slot", Duration::from_secs(5), || a.metric("model_in_flight") == 0.0);
+    let ok = post(&format!("{}/generate", r.url()), r#"{"prompt":"A slot is free again","max_tokens":2,"temp":0,"stream":false}"#, &[]);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
+
+/// The same end to end on a real model service: a client that leaves the router while a long prompt
+/// is being prefilled frees the service's slot within a second, and no token is generated for it
+/// (the engine stops between prefill chunks instead of finishing the prompt first).
+#[test]
+fn a_real_backend_frees_its_slot_within_a_second_of_a_client_leaving_during_prefill() {
+    use std::io::Write;
+    let inf = Inference::start_with("m1", GEMMA, &[("--max-concurrent", "1")]);
+    let r = Router::start(&[("m1", inf.url())], &[("FIRST_TOKEN_TIMEOUT_MS", "60000".into())], &["m1"]);
+    // About 1,700 tokens: several seconds of prefill for gemma-3-270m on two cores.
+    let colours = ["red", "green", "blue", "amber", "violet", "silver", "ochre", "teal"];
+    let prompt: String = (0..220).map(|i| format!("Item {i} is {}. ", colours[i % colours.len()])).collect();
+    let body = serde_json::json!({ "prompt": prompt, "max_tokens": 8, "temp": 0, "chat": false }).to_string();
+    let addr = r.url().trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(s, "POST /generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let t0 = Instant::now();
+    while inf.metric("model_in_flight") != 1.0 {
+        if t0.elapsed() > Duration::from_secs(10) {
+            use std::io::Read;
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let mut got = vec![0u8; 4096];
+            let n = s.read(&mut got).unwrap_or(0);
+            panic!("the backend never started the request; the router answered: {}", String::from_utf8_lossy(&got[..n]));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+    let left = Instant::now();
+    wait_for("the backend's slot to be free", Duration::from_secs(1), || inf.metric("model_in_flight") == 0.0);
+    eprintln!("backend slot free {} ms after the client left", left.elapsed().as_millis());
+    assert_eq!(inf.metric("model_tokens_generated_total"), 0.0, "the backend finished the prompt and sampled a token for a client that had left");
+    assert_eq!(inf.metric("model_requests_total{model_id=\"m1\",status=\"cancelled\"}"), 1.0);
 }

@@ -49,6 +49,11 @@ impl Proc {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Whether the process has exited (it is then reaped).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_some()))
+    }
+
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         s.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -108,6 +113,14 @@ impl Redis {
 
     pub fn kill(&mut self) {
         self.proc.take();
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: a hung Redis whose sockets stay open.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.proc.as_ref().expect("redis is running").pid();
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
     }
 
     /// Runs one command with the redis crate (a real client, not the router).
@@ -170,29 +183,32 @@ pub struct Inference {
 
 impl Inference {
     pub fn start(id: &str, model_file: &str) -> Inference {
+        Inference::start_with(id, model_file, &[])
+    }
+
+    /// [`Inference::start`] with more `(flag, value)` pairs; one of the defaults (`--context 2048`,
+    /// `--max-concurrent 2`) given again is replaced.
+    pub fn start_with(id: &str, model_file: &str, extra: &[(&str, &str)]) -> Inference {
         let port = free_port();
         let model = workspace().join("models").join(model_file);
         assert!(model.is_file(), "{} missing", model.display());
+        let port_s = port.to_string();
+        let mut flags: Vec<(&str, &str)> = vec![
+            ("--model", model.to_str().unwrap()),
+            ("--model-id", id),
+            ("--port", &port_s),
+            ("--host", "127.0.0.1"),
+            ("--device", "cpu"),
+            ("--context", "2048"),
+            ("--max-concurrent", "2"),
+        ];
+        flags.retain(|(f, _)| !extra.iter().any(|(e, _)| e == f));
+        flags.extend_from_slice(extra);
         let proc = Proc::spawn(
             &format!("inference-{id}-{port}"),
-            Command::new(inference_bin()).args([
-                "--model",
-                model.to_str().unwrap(),
-                "--model-id",
-                id,
-                "--port",
-                &port.to_string(),
-                "--host",
-                "127.0.0.1",
-                "--device",
-                "cpu",
-                "--context",
-                "2048",
-                "--max-concurrent",
-                "2",
-            ]),
+            Command::new(inference_bin()).args(flags.iter().flat_map(|(f, v)| [*f, *v])),
         );
-        let inf = Inference { proc, id: id.to_string(), port };
+        let mut inf = Inference { proc, id: id.to_string(), port };
         let url = inf.url();
         let c = http();
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -200,6 +216,7 @@ impl Inference {
             if c.get(format!("{url}/health")).send().is_ok_and(|r| r.status().is_success()) {
                 break;
             }
+            assert!(!inf.proc.exited(), "inference {id} exited at start:\n{}", inf.proc.log_tail());
             assert!(Instant::now() < deadline, "inference {id} did not become healthy:\n{}", inf.proc.log_tail());
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -212,8 +229,13 @@ impl Inference {
 
     /// Requests this backend has finished (its own `model_requests_total`).
     pub fn requests_served(&self) -> f64 {
+        self.metric("model_requests_total")
+    }
+
+    /// The sum of one of this backend's own metrics (all label sets).
+    pub fn metric(&self, name: &str) -> f64 {
         let text = http().get(format!("{}/metrics", self.url())).send().unwrap().text().unwrap();
-        metric_sum(&text, "model_requests_total")
+        metric_sum(&text, name)
     }
 }
 
