@@ -29,8 +29,10 @@ COPY docker/.host/bin/trainer /out/trainer
 FROM bins-${BINARIES} AS bins
 
 FROM ${RUNTIME_IMAGE}
+# bubblewrap sandboxes the scored code (trainer/src/score/python.rs). It needs user namespaces, which
+# Docker's default seccomp profile refuses: there the trainer warns and falls back to its weaker sandbox.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates python3 python3-pip util-linux libgomp1 \
+ && apt-get install -y --no-install-recommends ca-certificates python3 python3-pip util-linux bubblewrap libgomp1 \
  && rm -rf /var/lib/apt/lists/*
 # Extra CAs (a TLS-intercepting proxy's) for pip: see docker/ca-certificates/README.md.
 COPY docker/ca-certificates/ /usr/local/share/ca-certificates/

@@ -11,6 +11,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || need_apt+=(prometheus-node-exporter)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+# The trainer runs model-written code under bubblewrap (read-only root, no network, private /tmp).
+command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 # lightgbm3 (the trainer's) generates its bindings with bindgen, which needs the C library
 # libclang.so*. Debian images may ship only libclang-cpp (the C++ interface), which bindgen cannot

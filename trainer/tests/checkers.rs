@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use trainer::dataset::{load_prompts, parse_prompts, Category, Checker, HumanEval, Normalize, PromptRecord};
-use trainer::score::python::{resolve_python, run_sandboxed};
+use trainer::score::python::{
+    bubblewrap_status, nonce, resolve_python, run_sandboxed, run_sandboxed_with, Isolation, RunOutput, MAX_PROCESSES,
+};
 use trainer::score::reference::similarity_to_quality;
 use trainer::score::{score, ScoreContext};
 
@@ -197,7 +199,7 @@ fn sandbox_limits_and_isolation() {
     let python = python();
     let out = run_sandboxed(
         &python,
-        "import os, resource\nprint('ENV', sorted(os.environ))\nprint('CWD', os.listdir('.'))\nprint('AS', resource.getrlimit(resource.RLIMIT_AS)[0])\ntry:\n    x = bytearray(1024 * 1024 * 1024)\n    print('BIG')\nexcept MemoryError:\n    print('NOMEM')\n",
+        "import os, resource\nprint('ENV', sorted(os.environ))\nprint('CWD', os.listdir('.'))\nprint('AS', resource.getrlimit(resource.RLIMIT_AS)[0])\ntry:\n    x = bytearray(1024 * 1024 * 1024)\n    print('BIG')\nexcept MemoryError:\n    print('NOMEM')\nimport ctypes\nprint('UNSHARE', ctypes.CDLL(None).unshare(0x10000000))\n",
         Duration::from_secs(5),
     )
     .unwrap();
@@ -205,6 +207,269 @@ fn sandbox_limits_and_isolation() {
     assert!(out.stdout.contains("NOMEM"), "{out:?}");
     assert!(out.stdout.contains(&format!("AS {}", 512 * 1024 * 1024)), "{out:?}");
     assert!(!out.stdout.contains("CARGO"), "environment leaked: {}", out.stdout);
+    // No namespaces of its own (a user namespace would let it mount an unbounded tmpfs).
+    assert!(out.stdout.contains("UNSHARE -1"), "{out:?}");
+    assert_bubblewrap(&out);
+}
+
+// ---------------------------------------------------------------- sandbox attacks (issue #20)
+
+fn no_bwrap_allowed() -> bool {
+    std::env::var("POLYLLM_ALLOW_NO_BWRAP").as_deref() == Ok("1")
+}
+
+/// The runs here must have been isolated by bubblewrap (installed by scripts/test.sh), unless
+/// POLYLLM_ALLOW_NO_BWRAP=1 says this machine cannot have it.
+fn assert_bubblewrap(out: &RunOutput) {
+    assert!(
+        out.isolation == Isolation::Bubblewrap || no_bwrap_allowed(),
+        "bubblewrap did not isolate the run ({:?}, {:?}); install bubblewrap, or set POLYLLM_ALLOW_NO_BWRAP=1 where it cannot work",
+        out.isolation,
+        bubblewrap_status(&python())
+    );
+}
+
+/// True (with a note) when the run had no bubblewrap and POLYLLM_ALLOW_NO_BWRAP=1: then what only
+/// bubblewrap stops is not checked. Without the variable the checks run (and fail).
+fn skip_without_bubblewrap(out: &RunOutput) -> bool {
+    let skip = out.isolation != Isolation::Bubblewrap && no_bwrap_allowed();
+    if skip {
+        eprintln!(
+            "POLYLLM_ALLOW_NO_BWRAP=1 and no bubblewrap ({:?}): filesystem and network isolation not checked",
+            out.isolation
+        );
+    }
+    skip
+}
+
+/// A directory of the host outside /tmp (the sandbox has a /tmp of its own) and outside the
+/// sandbox directory: under this package's target dir.
+fn host_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("host temp dir")
+}
+
+/// `print(<name>, "DONE" | "FAILED" <exception>)` for each attempt, so the test sees each one.
+const ATTEMPT_PY: &str = "def attempt(name, f):\n    try:\n        f()\n        print(name, 'DONE', flush=True)\n    except OSError as e:\n        print(name, 'FAILED', type(e).__name__, e, flush=True)\n";
+
+fn attempts(out: &RunOutput) -> HashMap<String, String> {
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, rest)| rest.starts_with("DONE") || rest.starts_with("FAILED"))
+        .map(|(name, rest)| (name.to_string(), rest.to_string()))
+        .collect()
+}
+
+#[test]
+fn sandbox_cannot_read_delete_or_rename_host_files() {
+    let host = host_dir();
+    let secret = nonce();
+    let victim = host.path().join("victim.txt");
+    std::fs::write(&victim, &secret).unwrap();
+    let tree = host.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("inner.txt"), &secret).unwrap();
+    let movable = host.path().join("movable.txt");
+    std::fs::write(&movable, &secret).unwrap();
+    // One in the host's /tmp too (the sandbox's /tmp is another, empty, directory).
+    let tmp_victim = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp_victim.path(), &secret).unwrap();
+    let program = format!(
+        "import os, shutil\n{ATTEMPT_PY}\
+         attempt('read', lambda: print('CONTENT', open({victim:?}).read()))\n\
+         attempt('remove', lambda: os.remove({victim:?}))\n\
+         attempt('truncate', lambda: open({inner:?}, 'w').close())\n\
+         attempt('rmtree', lambda: shutil.rmtree({tree:?}))\n\
+         attempt('rename', lambda: os.rename({movable:?}, {moved:?}))\n\
+         attempt('remove_tmp', lambda: os.remove({tmp:?}))\n\
+         attempt('own_file', lambda: (open('own.txt', 'w').write('x'), os.rename('own.txt', 'own2.txt'), os.remove('own2.txt')))\n",
+        victim = victim.to_str().unwrap(),
+        inner = tree.join("inner.txt").to_str().unwrap(),
+        tree = tree.to_str().unwrap(),
+        movable = movable.to_str().unwrap(),
+        moved = host.path().join("moved.txt").to_str().unwrap(),
+        tmp = tmp_victim.path().to_str().unwrap(),
+    );
+    let out = run_sandboxed(&python(), &program, Duration::from_secs(10)).unwrap();
+    if skip_without_bubblewrap(&out) {
+        return;
+    }
+    let got = attempts(&out);
+    // The program ran, and can still change its own directory.
+    assert_eq!(got.get("own_file").map(String::as_str), Some("DONE"), "{out:?}");
+    for name in ["read", "remove", "truncate", "rmtree", "rename", "remove_tmp"] {
+        assert!(got.get(name).is_some_and(|r| r.starts_with("FAILED")), "{name}: {got:?}\n{out:?}");
+    }
+    assert!(!out.stdout.contains(&secret), "a host file was read: {out:?}");
+    // The host is untouched.
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), secret);
+    assert_eq!(std::fs::read_to_string(tree.join("inner.txt")).unwrap(), secret);
+    assert_eq!(std::fs::read_to_string(&movable).unwrap(), secret);
+    assert!(!host.path().join("moved.txt").exists());
+    assert_eq!(std::fs::read_to_string(tmp_victim.path()).unwrap(), secret);
+    assert_bubblewrap(&out);
+}
+
+#[test]
+fn sandbox_cannot_write_outside_its_directory() {
+    let host = host_dir();
+    let tag = nonce();
+    // Paths the trainer (root here, or the user running the tests) could write.
+    let outside: Vec<PathBuf> = [
+        PathBuf::from(format!("/etc/{tag}")),
+        PathBuf::from(format!("/usr/{tag}")),
+        PathBuf::from(format!("/{tag}")),
+        host.path().join(&tag),
+        repo_root().join(&tag),
+    ]
+    .into_iter()
+    .collect();
+    // The host's /tmp: the sandbox may write its own /tmp, which the host never sees.
+    let host_tmp = std::env::temp_dir().join(&tag);
+    let mut program = ATTEMPT_PY.to_string();
+    for (i, p) in outside.iter().enumerate() {
+        program.push_str(&format!("attempt('w{i}', lambda: open({:?}, 'w').write('x'))\n", p.to_str().unwrap()));
+    }
+    program.push_str(&format!("attempt('tmp', lambda: open({:?}, 'w').write('x'))\n", host_tmp.to_str().unwrap()));
+    let out = run_sandboxed(&python(), &program, Duration::from_secs(10)).unwrap();
+    // Clean up before asserting, should the sandbox have failed.
+    let created: Vec<&PathBuf> = outside.iter().chain([&host_tmp]).filter(|p| p.exists()).collect();
+    for p in &created {
+        let _ = std::fs::remove_file(p);
+    }
+    if skip_without_bubblewrap(&out) {
+        return;
+    }
+    assert!(created.is_empty(), "the sandboxed program created {created:?}\n{out:?}");
+    let got = attempts(&out);
+    for (i, p) in outside.iter().enumerate() {
+        let name = format!("w{i}");
+        assert!(got.get(&name).is_some_and(|r| r.starts_with("FAILED")), "{}: {got:?}\n{out:?}", p.display());
+    }
+    assert!(got.contains_key("tmp"), "{out:?}");
+    assert_bubblewrap(&out);
+}
+
+#[test]
+fn sandbox_blocks_network_past_the_preamble_stubs() {
+    use std::io::Read as _;
+    use std::net::TcpListener;
+    use std::os::unix::net::UnixListener;
+
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let host = host_dir();
+    let sock_path = host.path().join("s.sock");
+    let unix = UnixListener::bind(&sock_path).unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    unix.set_nonblocking(true).unwrap();
+    // The preamble replaces socket.socket and _socket.socket, but the original type is still one
+    // of object's subclasses.
+    let program = format!(
+        "import socket\n{ATTEMPT_PY}\
+         raw = [t for t in object.__subclasses__() if t.__module__ == '_socket' and t.__name__ == 'socket'][0]\n\
+         def connect(family, addr):\n    s = raw(family, socket.SOCK_STREAM)\n    s.settimeout(3)\n    s.connect(addr)\n    s.sendall(b'ESCAPED')\n\
+         attempt('stub', lambda: socket.socket())\n\
+         attempt('tcp', lambda: connect(socket.AF_INET, ('127.0.0.1', {port})))\n\
+         attempt('unix', lambda: connect(socket.AF_UNIX, {sock:?}))\n",
+        sock = sock_path.to_str().unwrap(),
+    );
+    let accepted = || -> usize {
+        let mut n = 0;
+        while let Ok((mut c, _)) = tcp.accept() {
+            c.set_nonblocking(false).unwrap();
+            let mut b = Vec::new();
+            let _ = c.read_to_end(&mut b);
+            assert_eq!(b, b"ESCAPED");
+            n += 1;
+        }
+        while let Ok((mut c, _)) = unix.accept() {
+            c.set_nonblocking(false).unwrap();
+            let mut b = Vec::new();
+            let _ = c.read_to_end(&mut b);
+            assert_eq!(b, b"ESCAPED");
+            n += 1;
+        }
+        n
+    };
+
+    let out = run_sandboxed(&python(), &program, Duration::from_secs(10)).unwrap();
+    if skip_without_bubblewrap(&out) {
+        return;
+    }
+    let got = attempts(&out);
+    for name in ["stub", "tcp", "unix"] {
+        assert!(got.get(name).is_some_and(|r| r.starts_with("FAILED")), "{name}: {got:?}\n{out:?}");
+    }
+    assert_eq!(accepted(), 0, "a sandboxed program reached a host socket: {out:?}");
+    assert_bubblewrap(&out);
+
+    // The same program with only the preamble between it and the host does connect: the bypass
+    // is real, and only the namespaces stop it.
+    let out = run_sandboxed_with(&python(), &program, Duration::from_secs(10), Isolation::PreambleOnly).unwrap();
+    let got = attempts(&out);
+    assert_eq!(out.isolation, Isolation::PreambleOnly);
+    assert!(got.get("stub").is_some_and(|r| r.starts_with("FAILED")), "{got:?}");
+    assert_eq!(got.get("tcp").map(String::as_str), Some("DONE"), "{out:?}");
+    assert_eq!(got.get("unix").map(String::as_str), Some("DONE"), "{out:?}");
+    assert_eq!(accepted(), 2);
+}
+
+/// Host processes (outside the sandbox) whose pid namespace is `ns` (`pid:[...]`).
+fn processes_in_pid_namespace(ns: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|l| l.to_string_lossy() == ns))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn sandbox_survives_a_fork_bomb() {
+    let python = python();
+    // A bounded one first (safe even where nothing stops it): at most MAX_PROCESSES processes.
+    let bounded = "import posix, time\nn = 0\ntry:\n    for _ in range(100):\n        if posix.fork() == 0:\n            time.sleep(30)\n            posix._exit(0)\n        n += 1\nexcept OSError as e:\n    print('STOPPED', type(e).__name__)\nprint('FORKED', n, flush=True)\n";
+    let out = run_sandboxed(&python, bounded, Duration::from_secs(10)).unwrap();
+    let forked: usize = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("FORKED "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(forked < MAX_PROCESSES as usize, "{forked} processes started: {out:?}");
+    assert!(out.stdout.contains("STOPPED BlockingIOError"), "{out:?}");
+    assert_bubblewrap(&out);
+
+    // `while True: os.fork()` through the unstubbed posix module: it fails at once.
+    let t = Instant::now();
+    let out = run_sandboxed(&python, "import posix\nwhile True:\n    posix.fork()\n", Duration::from_secs(5)).unwrap();
+    assert!(!out.timed_out && out.exit_code != Some(0), "{out:?}");
+    assert!(out.stderr.contains("BlockingIOError"), "{out:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // One that ignores the failures and keeps trying: killed at the timeout, with all it started.
+    let timeout = Duration::from_secs(3);
+    let t = Instant::now();
+    let bomb = "import os, posix\nprint(os.readlink('/proc/self/ns/pid'), flush=True)\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n";
+    let out = run_sandboxed(&python, bomb, timeout).unwrap();
+    assert!(out.timed_out, "{out:?}");
+    assert!(t.elapsed() < timeout + Duration::from_secs(3), "{:?}", t.elapsed());
+    // The host is fine: it can still start a process, and nothing of the run is left.
+    assert!(std::process::Command::new("true").status().unwrap().success());
+    if out.isolation == Isolation::Bubblewrap {
+        let ns = out.stdout.lines().next().unwrap_or("").trim().to_string();
+        assert!(ns.starts_with("pid:["), "{out:?}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut left = processes_in_pid_namespace(&ns);
+        while !left.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            left = processes_in_pid_namespace(&ns);
+        }
+        assert!(left.is_empty(), "processes of the run outlived it: {left:?}");
+    }
+    assert_bubblewrap(&out);
 }
 
 // ---------------------------------------------------------------- humaneval
@@ -282,15 +547,18 @@ fn dataset_errors_carry_line_numbers() {
     let dup = format!("{good}\n\n{good}\n");
     let e = parse_prompts(Cursor::new(dup), "x.jsonl", he()).unwrap_err().to_string();
     assert!(e.contains("x.jsonl:3") && e.contains("duplicate"), "{e}");
-    let unknown = r#"{"id":"b","category":"math","prompt":"q","max_tokens":32,"checker":{"kind":"vibes","answer":"2"}}"#;
+    let unknown =
+        r#"{"id":"b","category":"math","prompt":"q","max_tokens":32,"checker":{"kind":"vibes","answer":"2"}}"#;
     let e = parse_prompts(Cursor::new(format!("{good}\n{unknown}\n")), "x.jsonl", he()).unwrap_err().to_string();
     assert!(e.contains("x.jsonl:2") && e.contains("vibes"), "{e}");
     let bad_he = r#"{"id":"c","category":"code","prompt":null,"max_tokens":256,"checker":{"kind":"humaneval","task_id":"HumanEval/9999"}}"#;
     let e = parse_prompts(Cursor::new(bad_he), "x.jsonl", he()).unwrap_err().to_string();
     assert!(e.contains("x.jsonl:1") && e.contains("HumanEval/9999"), "{e}");
-    let no_prompt = r#"{"id":"d","category":"math","prompt":null,"max_tokens":32,"checker":{"kind":"numeric","answer":"2"}}"#;
+    let no_prompt =
+        r#"{"id":"d","category":"math","prompt":null,"max_tokens":32,"checker":{"kind":"numeric","answer":"2"}}"#;
     assert!(parse_prompts(Cursor::new(no_prompt), "x", he()).is_err());
-    let bad_cat = r#"{"id":"e","category":"poetry","prompt":"q","max_tokens":32,"checker":{"kind":"numeric","answer":"2"}}"#;
+    let bad_cat =
+        r#"{"id":"e","category":"poetry","prompt":"q","max_tokens":32,"checker":{"kind":"numeric","answer":"2"}}"#;
     assert!(parse_prompts(Cursor::new(bad_cat), "x", he()).unwrap_err().to_string().contains("x:1"));
     let ok = parse_prompts(Cursor::new(format!("{good}\n")), "x", he()).unwrap();
     assert_eq!(ok[0].checker, Checker::Numeric { answer: "2".into(), tolerance: 0.0 });
