@@ -70,6 +70,16 @@ fn compose_files_are_valid_and_match_the_catalog() {
     assert!(trainer.contains("- router-model:/data/router/model"), "{trainer}");
     let load_test = service(&cfg, "load_test");
     assert!(load_test.contains("LOADTEST_URL: http://router:8080"), "load_test reads LOADTEST_URL\n{load_test}");
+    // X-Forwarded-For is believed only from the ui profile's nginx: its fixed address is the
+    // router's one trusted proxy (and lies in the network's fixed subnet).
+    let field = |block: &str, key: &str| -> String {
+        let line = block.lines().find(|l| l.trim_start().starts_with(key)).unwrap_or_else(|| panic!("no {key} in\n{block}"));
+        line.trim_start()[key.len()..].trim().trim_matches(|c| c == '\'' || c == '"').to_string()
+    };
+    let ui_ip = field(service(&cfg, "ui"), "ipv4_address:");
+    assert_eq!(field(router, "TRUSTED_PROXIES:"), ui_ip, "the router must trust exactly the ui proxy's address");
+    let subnet: ipnet::Ipv4Net = field(&cfg, "- subnet:").parse().unwrap();
+    assert!(subnet.contains(&ui_ip.parse::<std::net::Ipv4Addr>().unwrap()), "{ui_ip} is outside {subnet}");
     for svc in ["redis", "models", "prometheus", "grafana", "node-exporter"] {
         service(&cfg, svc);
     }
