@@ -45,6 +45,13 @@ if [ -z "${CMAKE:-}" ]; then
 fi
 echo "== CMake for LightGBM: ${CMAKE:-not found}"
 
+# Style first: it takes a second and says what to fix before a long build.
+for comp in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$comp" || rustup component add "$comp"
+done
+echo "== cargo fmt --check (rustfmt.toml)"
+cargo fmt --all --check || { echo "== run: cargo fmt --all" >&2; exit 1; }
+
 # One build of the whole workspace: building a single package first (`cargo run -p inference`)
 # would unify dependency features differently and compile candle twice.
 echo "== building the workspace and its tests"
@@ -52,6 +59,8 @@ echo "== building the workspace and its tests"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 df -h . | awk 'NR==2 { print "== disk: " $4 " free" }'
 cargo build --workspace --all-targets
+echo "== cargo clippy -D warnings ([workspace.lints] in Cargo.toml)"
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== fetching test models into ${MODELS_DIR:-models}"
 "${CARGO_TARGET_DIR:-target}/debug/fetch-models" --only gemma,qwen05,minilm

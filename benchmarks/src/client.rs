@@ -62,7 +62,13 @@ pub async fn run_one(
     }
 }
 
-async fn stream(client: &reqwest::Client, target: &Target, body: &RouterGenerateRequest, t0: Instant, rec: &mut RequestRecord) -> After {
+async fn stream(
+    client: &reqwest::Client,
+    target: &Target,
+    body: &RouterGenerateRequest,
+    t0: Instant,
+    rec: &mut RequestRecord,
+) -> After {
     let mut req = client.post(format!("{}/generate", target.url)).json(body).header("accept", "text/event-stream");
     if let Some(k) = &target.api_key {
         req = req.bearer_auth(k);
@@ -83,11 +89,8 @@ async fn stream(client: &reqwest::Client, target: &Target, body: &RouterGenerate
         rec.request_id = id.to_string();
     }
     if !status.is_success() {
-        let retry = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok());
+        let retry =
+            resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
         let text = resp.text().await.unwrap_or_default();
         rec.latency_ms = Some(ms(t0.elapsed()));
         rec.error = error_message(&text);

@@ -116,7 +116,12 @@ fn latency_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[Summ
 }
 
 /// A bar chart of one value per category.
-fn bar_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, ydesc: &str, bars: &[(String, f64)]) -> Result<()> {
+fn bar_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    ydesc: &str,
+    bars: &[(String, f64)],
+) -> Result<()> {
     root.fill(&WHITE).map_err(e)?;
     let n = bars.len().max(1) as i32;
     let ymax = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-9) * 1.15;
@@ -144,7 +149,12 @@ fn bar_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, yde
     for (i, (_, v)) in bars.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
-            .draw_series(Histogram::vertical(&chart).margin(40).style(color.mix(0.85).filled()).data(std::iter::once((i as i32, *v))))
+            .draw_series(
+                Histogram::vertical(&chart)
+                    .margin(40)
+                    .style(color.mix(0.85).filled())
+                    .data(std::iter::once((i as i32, *v))),
+            )
             .map_err(e)?;
         chart
             .draw_series(std::iter::once(Text::new(
@@ -215,7 +225,13 @@ macro_rules! both {
 }
 
 /// Draws every figure of a run into `dir`; returns the files written.
-pub fn draw_all(dir: &Path, records: &[RequestRecord], rows: &[SummaryRow], label: &str, font: Option<&Path>) -> Result<Vec<PathBuf>> {
+pub fn draw_all(
+    dir: &Path,
+    records: &[RequestRecord],
+    rows: &[SummaryRow],
+    label: &str,
+    font: Option<&Path>,
+) -> Result<Vec<PathBuf>> {
     init_font(font)?;
     if records.is_empty() {
         bail!("no request to plot");

@@ -57,7 +57,13 @@ pub fn parse_matrix(name: &str, body: &Value) -> Result<Vec<Sample>> {
 
 /// Runs every query over [start, end] (unix seconds) and returns the samples and per-series summaries.
 /// A failing query is reported in its summary and does not stop the others.
-pub async fn read(client: &reqwest::Client, base: &str, queries: &[(String, String)], start: f64, end: f64) -> (Vec<Sample>, Vec<SeriesSummary>) {
+pub async fn read(
+    client: &reqwest::Client,
+    base: &str,
+    queries: &[(String, String)],
+    start: f64,
+    end: f64,
+) -> (Vec<Sample>, Vec<SeriesSummary>) {
     let step = ((end - start) / 200.0).max(1.0);
     let mut samples = Vec::new();
     let mut summaries = Vec::new();
@@ -65,7 +71,12 @@ pub async fn read(client: &reqwest::Client, base: &str, queries: &[(String, Stri
         let res: Result<Vec<Sample>> = async {
             let resp = client
                 .get(format!("{}/api/v1/query_range", base.trim_end_matches('/')))
-                .query(&[("query", q.as_str()), ("start", &format!("{start:.3}")), ("end", &format!("{end:.3}")), ("step", &format!("{step:.3}"))])
+                .query(&[
+                    ("query", q.as_str()),
+                    ("start", &format!("{start:.3}")),
+                    ("end", &format!("{end:.3}")),
+                    ("step", &format!("{step:.3}")),
+                ])
                 .send()
                 .await
                 .context("prometheus unreachable")?;
@@ -78,7 +89,14 @@ pub async fn read(client: &reqwest::Client, base: &str, queries: &[(String, Stri
                 let mut labels: Vec<String> = s.iter().map(|x| x.labels.clone()).collect();
                 labels.dedup();
                 if s.is_empty() {
-                    summaries.push(SeriesSummary { query: name.clone(), labels: String::new(), samples: 0, mean: None, max: None, error: "no data".into() });
+                    summaries.push(SeriesSummary {
+                        query: name.clone(),
+                        labels: String::new(),
+                        samples: 0,
+                        mean: None,
+                        max: None,
+                        error: "no data".into(),
+                    });
                 }
                 for l in labels {
                     let vals: Vec<f64> = s.iter().filter(|x| x.labels == l).map(|x| x.value).collect();
@@ -93,7 +111,14 @@ pub async fn read(client: &reqwest::Client, base: &str, queries: &[(String, Stri
                 }
                 samples.extend(s);
             }
-            Err(e) => summaries.push(SeriesSummary { query: name.clone(), labels: String::new(), samples: 0, mean: None, max: None, error: format!("{e:#}") }),
+            Err(e) => summaries.push(SeriesSummary {
+                query: name.clone(),
+                labels: String::new(),
+                samples: 0,
+                mean: None,
+                max: None,
+                error: format!("{e:#}"),
+            }),
         }
     }
     (samples, summaries)

@@ -128,7 +128,7 @@ mod tests {
             error: "x, \"quoted\"\nline".into(),
             ..Default::default()
         };
-        write_csv(&p, &[rec.clone()]).unwrap();
+        write_csv(&p, std::slice::from_ref(&rec)).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         assert_eq!(text.lines().next().unwrap(), COLUMNS.join(","));
         assert_eq!(read_requests(&p).unwrap(), vec![rec]);

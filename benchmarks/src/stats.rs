@@ -158,14 +158,19 @@ pub fn outcomes(records: &[RequestRecord]) -> Vec<OutcomeRow> {
             for r in rs.iter().filter(|r| !r.error.is_empty()) {
                 *msgs.entry(r.error.as_str()).or_default() += 1;
             }
-            let example_error = msgs.into_iter().max_by_key(|(m, n)| (*n, std::cmp::Reverse(*m))).map(|(m, _)| m.to_string());
+            let example_error =
+                msgs.into_iter().max_by_key(|(m, n)| (*n, std::cmp::Reverse(*m))).map(|(m, _)| m.to_string());
             OutcomeRow {
                 status,
                 http_status,
                 count: rs.len(),
                 fell_back: rs.iter().filter(|r| r.routes > 1).count(),
                 got_tokens: rs.iter().filter(|r| r.ttft_ms.is_some()).count(),
-                max_latency_ms: rs.iter().filter_map(|r| r.latency_ms).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))).map(r3),
+                max_latency_ms: rs
+                    .iter()
+                    .filter_map(|r| r.latency_ms)
+                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+                    .map(r3),
                 example_error: example_error.unwrap_or_default(),
             }
         })
@@ -177,7 +182,20 @@ pub fn table(rows: &[SummaryRow]) -> String {
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.0}"));
     let mut s = format!(
         "{:<7} {:>4} {:<28} {:>5} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}\n",
-        "load", "conc", "model", "n", "err%", "hits", "lat p50", "lat p95", "lat p99", "ttft p50", "ttft p95", "tok/s", "req/s", "out tok/s"
+        "load",
+        "conc",
+        "model",
+        "n",
+        "err%",
+        "hits",
+        "lat p50",
+        "lat p95",
+        "lat p99",
+        "ttft p50",
+        "ttft p95",
+        "tok/s",
+        "req/s",
+        "out tok/s"
     );
     for r in rows {
         s.push_str(&format!(

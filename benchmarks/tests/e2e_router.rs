@@ -24,7 +24,8 @@ fn bin(pkg: &str, name: &str) -> PathBuf {
     let b = target_dir().join("debug").join(name);
     if !b.is_file() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo).args(["build", "-p", pkg, "--bin", name]).current_dir(workspace()).status().unwrap();
+        let st =
+            Command::new(cargo).args(["build", "-p", pkg, "--bin", name]).current_dir(workspace()).status().unwrap();
         assert!(st.success(), "cargo build -p {pkg} failed");
     }
     b
@@ -119,13 +120,29 @@ fn short_real_run_through_router_and_inference() {
     let _ = std::fs::remove_dir_all(&out);
     let res = Command::new(env!("CARGO_BIN_EXE_load_test"))
         .args(["--url", &format!("http://127.0.0.1:{port}"), "--workload", "short", "--concurrency", "2"])
-        .args(["--requests", "6", "--max-tokens", "8", "--seed", "3", "--timeout", "60", "--out", out.to_str().unwrap()])
+        .args([
+            "--requests",
+            "6",
+            "--max-tokens",
+            "8",
+            "--seed",
+            "3",
+            "--timeout",
+            "60",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .env_remove("POLYLLM_API_KEY")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&res.stdout);
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(res.status.success(), "load_test failed: {stdout}\n{stderr}\nrouter:\n{}\ninference:\n{}", rt.tail(), inf.tail());
+    assert!(
+        res.status.success(),
+        "load_test failed: {stdout}\n{stderr}\nrouter:\n{}\ninference:\n{}",
+        rt.tail(),
+        inf.tail()
+    );
     assert!(stdout.contains("lat p50"), "no summary table: {stdout}");
 
     let req_csv = out.join("requests.csv");
@@ -157,7 +174,8 @@ fn short_real_run_through_router_and_inference() {
     assert_eq!((rows[0].model.as_str(), rows[0].count, rows[0].errors), ("ALL", 6, 0));
     assert_eq!(rows[1].model, "gemma-3-270m");
     assert!(rows[0].throughput_rps > 0.0 && rows[0].latency_p99_ms >= rows[0].latency_p50_ms);
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     assert_eq!(meta["requests"], 6);
     std::fs::remove_dir_all(&out).ok();
 }

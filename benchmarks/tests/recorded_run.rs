@@ -64,7 +64,10 @@ fn summary_statistics_of_the_recorded_run() {
     assert_eq!(g.mean_tokens_per_second, Some(10.0));
     assert_eq!((g.throughput_rps, g.throughput_tokens_per_s), (0.4, 4.0));
     let q = find(&rows, 1, "qwen2.5-coder-0.5b-instruct");
-    assert_eq!((q.count, q.ok, q.latency_p50_ms, q.throughput_rps, q.throughput_tokens_per_s), (1, 1, Some(2000.0), 0.2, 4.0));
+    assert_eq!(
+        (q.count, q.ok, q.latency_p50_ms, q.throughput_rps, q.throughput_tokens_per_s),
+        (1, 1, Some(2000.0), 0.2, 4.0)
+    );
 
     // c=2: window 0..3000 ms (10 + 2990); the 429 counts as an error of "(none)".
     let a = find(&rows, 2, ALL);

@@ -74,9 +74,7 @@ pub struct Predictor {
 }
 
 fn parse_list<T: std::str::FromStr>(key: &str, v: &str) -> Result<Vec<T>, GbdtError> {
-    v.split_whitespace()
-        .map(|t| t.parse::<T>().map_err(|_| format_err(format!("{key}: cannot read {t:?}"))))
-        .collect()
+    v.split_whitespace().map(|t| t.parse::<T>().map_err(|_| format_err(format!("{key}: cannot read {t:?}")))).collect()
 }
 
 /// `key=value` lines of one section.
@@ -143,7 +141,14 @@ impl Tree {
             cat_threshold: s.list_or_empty("cat_threshold")?,
             max_depth: 0,
         };
-        let lens = [t.split_feature.len(), t.threshold.len(), t.decision_type.len(), t.left.len(), t.right.len(), t.internal_count.len()];
+        let lens = [
+            t.split_feature.len(),
+            t.threshold.len(),
+            t.decision_type.len(),
+            t.left.len(),
+            t.right.len(),
+            t.internal_count.len(),
+        ];
         if lens.iter().any(|&l| l != n) || t.leaf_count.len() != leaves {
             return Err(format_err("a tree's arrays do not match num_leaves"));
         }
@@ -157,7 +162,9 @@ impl Tree {
         for (i, &d) in t.decision_type.iter().enumerate() {
             if d & CATEGORICAL_MASK != 0 {
                 let c = t.threshold[i] as usize;
-                let ok = c + 1 < t.cat_boundaries.len() && t.cat_boundaries[c] <= t.cat_boundaries[c + 1] && t.cat_boundaries[c + 1] <= t.cat_threshold.len();
+                let ok = c + 1 < t.cat_boundaries.len()
+                    && t.cat_boundaries[c] <= t.cat_boundaries[c + 1]
+                    && t.cat_boundaries[c + 1] <= t.cat_threshold.len();
                 if !ok {
                     return Err(format_err("a categorical split points past cat_threshold"));
                 }
@@ -177,7 +184,11 @@ impl Tree {
             return Err(format_err("a tree has a cycle"));
         }
         let n = node as usize;
-        Ok(self.depth_below(self.left[n], depth + 1, internal)?.max(self.depth_below(self.right[n], depth + 1, internal)?))
+        Ok(self.depth_below(self.left[n], depth + 1, internal)?.max(self.depth_below(
+            self.right[n],
+            depth + 1,
+            internal,
+        )?))
     }
 
     fn is_leaf_only(&self) -> bool {
@@ -365,7 +376,8 @@ fn unwound_path_sum(p: &[PathElement], depth: usize, index: usize) -> f64 {
 impl Predictor {
     /// Load a LightGBM text model file.
     pub fn load(path: &Path) -> Result<Self, GbdtError> {
-        let text = std::fs::read_to_string(path).map_err(|source| GbdtError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| GbdtError::Io { path: path.display().to_string(), source })?;
         Self::parse(&text)
     }
 
@@ -397,7 +409,8 @@ impl Predictor {
         }
         let header = Section(sections.remove(0));
         let classes: usize = header.one("num_class")?;
-        let trees_per_iteration: usize = header.get("num_tree_per_iteration").map_or(Ok(classes), |_| header.one("num_tree_per_iteration"))?;
+        let trees_per_iteration: usize =
+            header.get("num_tree_per_iteration").map_or(Ok(classes), |_| header.one("num_tree_per_iteration"))?;
         let features = header.one::<usize>("max_feature_idx")? + 1;
         if classes == 0 || trees_per_iteration == 0 {
             return Err(format_err("num_class and num_tree_per_iteration must be positive"));
@@ -405,11 +418,16 @@ impl Predictor {
         let objective = header.need("objective")?;
         let mut words = objective.split_whitespace();
         let name = words.next().unwrap_or("");
-        let param = |key: &str| -> Option<f64> { objective.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix(':')?.parse().ok()) };
+        let param = |key: &str| -> Option<f64> {
+            objective.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix(':')?.parse().ok())
+        };
         let transform = match name {
             "multiclass" | "softmax" => Transform::Softmax,
-            "binary" | "multiclassova" | "multiclass_ova" | "ova" | "ovr" => Transform::Sigmoid(param("sigmoid").unwrap_or(1.0)),
-            "regression" | "regression_l2" | "regression_l1" | "huber" | "fair" | "quantile" | "mape" | "lambdarank" | "rank_xendcg" => {
+            "binary" | "multiclassova" | "multiclass_ova" | "ova" | "ovr" => {
+                Transform::Sigmoid(param("sigmoid").unwrap_or(1.0))
+            }
+            "regression" | "regression_l2" | "regression_l1" | "huber" | "fair" | "quantile" | "mape"
+            | "lambdarank" | "rank_xendcg" => {
                 if objective.split_whitespace().any(|w| w == "sqrt") {
                     return Err(format_err("regression with `sqrt` is not supported"));
                 }
@@ -426,7 +444,10 @@ impl Predictor {
             .map(|(i, s)| Tree::parse(&Section(s.clone()), features).map_err(|e| format_err(format!("Tree={i}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         if trees.is_empty() || trees.len() % trees_per_iteration != 0 {
-            return Err(format_err(format!("{} trees is not a whole number of iterations of {trees_per_iteration}", trees.len())));
+            return Err(format_err(format!(
+                "{} trees is not a whole number of iterations of {trees_per_iteration}",
+                trees.len()
+            )));
         }
         Ok(Predictor { trees, classes, trees_per_iteration, features, transform, average_output })
     }

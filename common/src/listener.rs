@@ -116,8 +116,7 @@ pub async fn serve(
 /// sent is read first and drained after (briefly), so the close does not turn into a reset that
 /// hides the answer.
 async fn refuse(mut tcp: TcpStream) {
-    const BODY: &str =
-        r#"{"error":{"message":"too many open connections; retry shortly","type":"overloaded"}}"#;
+    const BODY: &str = r#"{"error":{"message":"too many open connections; retry shortly","type":"overloaded"}}"#;
     let msg = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
         BODY.len()
@@ -132,4 +131,3 @@ async fn refuse(mut tcp: TcpStream) {
     })
     .await;
 }
-

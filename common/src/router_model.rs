@@ -49,8 +49,10 @@ impl RouterModelMeta {
     pub fn load(dir: &Path) -> Result<Self, MetaError> {
         let path = dir.join(META_FILE);
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|e| MetaError::Read { path: p.clone(), message: e.to_string() })?;
-        let meta: Self = serde_json::from_str(&text).map_err(|e| MetaError::Read { path: p.clone(), message: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| MetaError::Read { path: p.clone(), message: e.to_string() })?;
+        let meta: Self =
+            serde_json::from_str(&text).map_err(|e| MetaError::Read { path: p.clone(), message: e.to_string() })?;
         meta.check().map_err(|message| MetaError::Invalid { path: p, message })?;
         Ok(meta)
     }

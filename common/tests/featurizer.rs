@@ -9,9 +9,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use polyllm_common::features::{
-    feature_names, text_features, Embedder, Featurizer, Pca, TEXT_FEATURE_NAMES,
-};
+use polyllm_common::features::{feature_names, text_features, Embedder, Featurizer, Pca, TEXT_FEATURE_NAMES};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -50,10 +48,9 @@ fn embedder() -> Arc<Embedder> {
 }
 
 fn expected() -> Expected {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm/expected.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run make_expected.py)", path.display()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm/expected.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run make_expected.py)", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -71,24 +68,16 @@ fn matches_sentence_transformers() {
     assert!(expected.cases.len() >= 6);
     let mut worst = f32::INFINITY;
     for case in &expected.cases {
-        let emb = embedder
-            .embed(&case.text)
-            .unwrap_or_else(|e| panic!("{:?}: {e}", case.text));
+        let emb = embedder.embed(&case.text).unwrap_or_else(|e| panic!("{:?}: {e}", case.text));
         assert_eq!(emb.vector.len(), 384);
         assert_eq!(emb.vector.len(), case.vector.len());
         let cos = cosine(&emb.vector, &case.vector);
         let norm = emb.vector.iter().map(|x| x * x).sum::<f32>().sqrt();
         let short: String = case.text.chars().take(40).collect();
-        eprintln!(
-            "cosine {cos:.7}  norm {norm:.7}  tokens {:>4}  {short:?}",
-            emb.tokens
-        );
+        eprintln!("cosine {cos:.7}  norm {norm:.7}  tokens {:>4}  {short:?}", emb.tokens);
         assert!(cos >= 0.999, "cosine {cos} < 0.999 for {short:?}");
         assert!((norm - 1.0).abs() <= 1e-4, "norm {norm} for {short:?}");
-        assert_eq!(
-            emb.tokens, case.tokens_untruncated,
-            "token count of {short:?}"
-        );
+        assert_eq!(emb.tokens, case.tokens_untruncated, "token count of {short:?}");
         worst = worst.min(cos);
     }
     eprintln!("worst cosine {worst:.7}");
@@ -100,11 +89,7 @@ fn matches_sentence_transformers() {
 #[test]
 fn deterministic_bits() {
     let embedder = embedder();
-    for text in [
-        "Write a haiku about Rust.",
-        "",
-        "SELECT * FROM t WHERE x > 3;",
-    ] {
+    for text in ["Write a haiku about Rust.", "", "SELECT * FROM t WHERE x > 3;"] {
         let a = embedder.embed(text).expect("embed");
         let b = embedder.embed(text).expect("embed");
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -116,10 +101,7 @@ fn deterministic_bits() {
 #[test]
 fn shared_across_threads() {
     let embedder = embedder();
-    let reference = embedder
-        .embed("threads share one embedder")
-        .expect("embed")
-        .vector;
+    let reference = embedder.embed("threads share one embedder").expect("embed").vector;
     let handles: Vec<_> = (0..2)
         .map(|_| {
             let e = Arc::clone(&embedder);
@@ -137,9 +119,7 @@ fn featurize_row_shape() {
     let dir = model_dir();
     // Same preconditions (and failure message) as the other tests.
     let _ = embedder();
-    let featurizer = Featurizer::new(
-        Embedder::load(&dir).unwrap_or_else(|e| panic!("loading the embedder: {e}")),
-    );
+    let featurizer = Featurizer::new(Embedder::load(&dir).unwrap_or_else(|e| panic!("loading the embedder: {e}")));
     let prompts = [
         "What is 2+2?",
         "Explain the borrow checker.",
@@ -148,10 +128,7 @@ fn featurize_row_shape() {
         "Prove that there are infinitely many primes.",
         "Summarize the plot of Hamlet in three sentences.",
     ];
-    let rows: Vec<Vec<f32>> = prompts
-        .iter()
-        .map(|p| featurizer.embedder().embed(p).expect("embed").vector)
-        .collect();
+    let rows: Vec<Vec<f32>> = prompts.iter().map(|p| featurizer.embedder().embed(p).expect("embed").vector).collect();
     let pca = Pca::fit(&rows, 4).expect("fit PCA");
     for p in prompts {
         let f = featurizer.featurize(p, &pca).expect("featurize");
@@ -160,10 +137,7 @@ fn featurize_row_shape() {
         assert_eq!(f.values.len(), TEXT_FEATURE_NAMES.len() + pca.dims());
         assert_eq!(f.embedding.len(), 384);
         let tokens = featurizer.embedder().embed(p).expect("embed").tokens;
-        assert_eq!(
-            &f.values[..TEXT_FEATURE_NAMES.len()],
-            &text_features(p, tokens)[..]
-        );
+        assert_eq!(&f.values[..TEXT_FEATURE_NAMES.len()], &text_features(p, tokens)[..]);
         assert!(f.values.iter().all(|x| x.is_finite()));
     }
 }

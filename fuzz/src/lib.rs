@@ -9,8 +9,11 @@
 use polyllm_common::sse::{SseEvent, SseParser};
 use polyllm_common::wire::GenerateRequest;
 
+/// A target: its name and the function that runs one input.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target, by the name of its corpus directory and `cargo fuzz` binary.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("sse_parser", sse_parser),
     ("router_generate", router_generate),
     ("router_openai", router_openai),
@@ -82,7 +85,8 @@ fn check_routed(req: &router::validation::RouterRequest) {
     if req.protocol == router::validation::Protocol::Generate {
         // The normalized prompt is what goes upstream, and it is within the limit.
         assert!(req.prompt.chars().count() <= MAX_PROMPT_CHARS, "prompt over the limit accepted");
-        let up: GenerateRequest = serde_json::from_slice(&req.upstream_body).expect("the upstream body is a GenerateRequest");
+        let up: GenerateRequest =
+            serde_json::from_slice(&req.upstream_body).expect("the upstream body is a GenerateRequest");
         assert_eq!(up.prompt, req.prompt);
         assert_eq!(up.stream, Some(true), "the router always streams from the backend");
         // Router and service agree: what the router passes, the service's own checks pass.

@@ -84,7 +84,8 @@ mod tests {
 
     #[test]
     fn python_string_methods_and_raise_exception_work() {
-        let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}{{ bos_token }}", Some("<s>".into()), None).unwrap();
+        let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}{{ bos_token }}", Some("<s>".into()), None)
+            .unwrap();
         assert_eq!(t.render(&[Message::user("  a b  ")], false).unwrap(), "A B<s>");
         let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", None, None).unwrap();
         let err = format!("{:#}", t.render(&[Message::user("x")], false).unwrap_err());

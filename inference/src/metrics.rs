@@ -1,7 +1,5 @@
 //! Prometheus metrics of one model service, every series labelled with its `model_id`.
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -39,7 +37,8 @@ impl Metrics {
         )
         .unwrap();
         let tokens_generated =
-            IntCounter::with_opts(with_id(Opts::new("model_tokens_generated_total", "Completion tokens generated"))).unwrap();
+            IntCounter::with_opts(with_id(Opts::new("model_tokens_generated_total", "Completion tokens generated")))
+                .unwrap();
         let prompt_tokens =
             IntCounter::with_opts(with_id(Opts::new("model_prompt_tokens_total", "Prompt tokens processed"))).unwrap();
         let queue_depth =
@@ -60,7 +59,16 @@ impl Metrics {
         for s in ["ok", "client_error", "overloaded", "cancelled", "error"] {
             requests.with_label_values(&[s]);
         }
-        Metrics { registry, requests, generation_latency, ttft, tokens_generated, prompt_tokens, queue_depth, in_flight }
+        Metrics {
+            registry,
+            requests,
+            generation_latency,
+            ttft,
+            tokens_generated,
+            prompt_tokens,
+            queue_depth,
+            in_flight,
+        }
     }
 
     pub fn render(&self) -> String {

@@ -69,10 +69,7 @@ impl GgufHeader {
             .cloned()
             .with_context(|| format!("{} has no general.architecture", path.display()))?;
         let Some(arch) = Arch::from_gguf_name(&arch_name) else {
-            bail!(
-                "{}: unsupported architecture {arch_name:?} (supported: qwen2, gemma3, llama)",
-                path.display()
-            )
+            bail!("{}: unsupported architecture {arch_name:?} (supported: qwen2, gemma3, llama)", path.display())
         };
         let mut needed = 0u64;
         for info in content.tensor_infos.values() {
@@ -86,11 +83,9 @@ impl GgufHeader {
                 path.display()
             );
         }
-        let context_length = content
-            .metadata
-            .get(&format!("{arch_name}.context_length"))
-            .and_then(|v| v.to_u32().ok())
-            .unwrap_or(2048) as usize;
+        let context_length =
+            content.metadata.get(&format!("{arch_name}.context_length")).and_then(|v| v.to_u32().ok()).unwrap_or(2048)
+                as usize;
         let name = content.metadata.get("general.name").and_then(|v| v.to_string().ok()).cloned();
         Ok(GgufHeader { path: path.to_path_buf(), content, arch, name, context_length })
     }
@@ -111,12 +106,12 @@ impl Weights {
         let mut file = File::open(&path)?;
         let ctx = || format!("loading weights from {}", path.display());
         Ok(match header.arch {
-            Arch::Qwen2 | Arch::Llama => {
-                Weights::Llama(qwen2::Weights::from_gguf(header.content, &mut file, device, context, kernels).with_context(ctx)?)
-            }
-            Arch::Gemma3 => {
-                Weights::Gemma3(gemma3::Weights::from_gguf(header.content, &mut file, device, context, kernels).with_context(ctx)?)
-            }
+            Arch::Qwen2 | Arch::Llama => Weights::Llama(
+                qwen2::Weights::from_gguf(header.content, &mut file, device, context, kernels).with_context(ctx)?,
+            ),
+            Arch::Gemma3 => Weights::Gemma3(
+                gemma3::Weights::from_gguf(header.content, &mut file, device, context, kernels).with_context(ctx)?,
+            ),
         })
     }
 

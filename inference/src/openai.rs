@@ -129,7 +129,13 @@ enum Kind {
     Completion,
 }
 
-async fn run(st: SharedState, common: Common, prompt: PromptInput, kind: Kind, received: Instant) -> Result<Response, ApiError> {
+async fn run(
+    st: SharedState,
+    common: Common,
+    prompt: PromptInput,
+    kind: Kind,
+    received: Instant,
+) -> Result<Response, ApiError> {
     let engine = st.engine().inspect_err(|e| st.refused(e))?;
     let prepared = (|| {
         let input = common.sampling()?;
@@ -155,8 +161,12 @@ async fn run(st: SharedState, common: Common, prompt: PromptInput, kind: Kind, r
                 Event::Error(msg) => return Err(ApiError::Internal(msg)),
                 Event::Done(s) => {
                     let choice = match kind {
-                        Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": s.finish_reason.openai()}),
-                        Kind::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": s.finish_reason.openai()}),
+                        Kind::Chat => {
+                            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": s.finish_reason.openai()})
+                        }
+                        Kind::Completion => {
+                            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": s.finish_reason.openai()})
+                        }
                     };
                     return Ok(Json(json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage(&s)})).into_response());
                 }
@@ -174,14 +184,21 @@ async fn run(st: SharedState, common: Common, prompt: PromptInput, kind: Kind, r
         SseEvent::default().data(v.to_string())
     };
     let opening = match kind {
-        Kind::Chat => vec![chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None)],
+        Kind::Chat => vec![chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+            None,
+        )],
         Kind::Completion => vec![],
     };
     let body = ReceiverStream::new(rx).flat_map(move |ev| {
         let events: Vec<SseEvent> = match ev {
             Event::Token(t) => vec![match kind {
-                Kind::Chat => chunk(json!([{"index": 0, "delta": {"content": t}, "logprobs": null, "finish_reason": null}]), None),
-                Kind::Completion => chunk(json!([{"index": 0, "text": t, "logprobs": null, "finish_reason": null}]), None),
+                Kind::Chat => {
+                    chunk(json!([{"index": 0, "delta": {"content": t}, "logprobs": null, "finish_reason": null}]), None)
+                }
+                Kind::Completion => {
+                    chunk(json!([{"index": 0, "text": t, "logprobs": null, "finish_reason": null}]), None)
+                }
             }],
             Event::Done(s) => {
                 let fin = s.finish_reason.openai();
@@ -196,7 +213,9 @@ async fn run(st: SharedState, common: Common, prompt: PromptInput, kind: Kind, r
                 v.push(SseEvent::default().data("[DONE]"));
                 v
             }
-            Event::Error(msg) => vec![SseEvent::default().data(serde_json::to_string(&ErrorBody::new("server_error", msg)).unwrap())],
+            Event::Error(msg) => {
+                vec![SseEvent::default().data(serde_json::to_string(&ErrorBody::new("server_error", msg)).unwrap())]
+            }
         };
         futures::stream::iter(events.into_iter().map(Ok::<_, Infallible>))
     });
@@ -233,14 +252,20 @@ pub fn completion_prompt(prompt: PromptSpec) -> Result<String, ApiError> {
     }
 }
 
-pub async fn chat_completions(State(st): State<SharedState>, body: Result<ValidJson<ChatCompletionRequest>, ApiError>) -> Result<Response, ApiError> {
+pub async fn chat_completions(
+    State(st): State<SharedState>,
+    body: Result<ValidJson<ChatCompletionRequest>, ApiError>,
+) -> Result<Response, ApiError> {
     let received = Instant::now();
     let ValidJson(req) = body.inspect_err(|e| st.refused(e))?;
     let messages = chat_messages(req.messages).inspect_err(|e| st.refused(e))?;
     run(st, req.common, PromptInput::Chat(messages), Kind::Chat, received).await
 }
 
-pub async fn completions(State(st): State<SharedState>, body: Result<ValidJson<CompletionRequest>, ApiError>) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(st): State<SharedState>,
+    body: Result<ValidJson<CompletionRequest>, ApiError>,
+) -> Result<Response, ApiError> {
     let received = Instant::now();
     let ValidJson(req) = body.inspect_err(|e| st.refused(e))?;
     let prompt = completion_prompt(req.prompt).inspect_err(|e| st.refused(e))?;

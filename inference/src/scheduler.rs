@@ -42,7 +42,13 @@ impl Drop for Waiting<'_> {
 impl Scheduler {
     pub fn new(max_concurrent: usize, max_queue: usize, metrics: Arc<Metrics>) -> Self {
         let max_concurrent = max_concurrent.max(1);
-        Scheduler { slots: Arc::new(Semaphore::new(max_concurrent)), max_concurrent, max_queue, waiting: AtomicUsize::new(0), metrics }
+        Scheduler {
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            max_queue,
+            waiting: AtomicUsize::new(0),
+            metrics,
+        }
     }
 
     /// Waits for a slot, or fails at once when the queue is full.

@@ -111,7 +111,10 @@ fn json_event(name: &str, value: &impl serde::Serialize) -> SseEvent {
     SseEvent::default().event(name).data(serde_json::to_string(value).expect("wire types serialize"))
 }
 
-async fn generate(State(st): State<SharedState>, body: Result<ValidJson<GenerateRequest>, ApiError>) -> Result<Response, ApiError> {
+async fn generate(
+    State(st): State<SharedState>,
+    body: Result<ValidJson<GenerateRequest>, ApiError>,
+) -> Result<Response, ApiError> {
     let received = Instant::now();
     let ValidJson(req) = body.inspect_err(|e| st.refused(e))?;
     let engine = st.engine().inspect_err(|e| st.refused(e))?;

@@ -101,13 +101,7 @@ const FIM_MID_TEXTS: &[&str] = &[
     "<|middle|>",
 ];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &[
-    "<|fim_repo|>",
-    "<|repo_name|>",
-    "<fim-repo>",
-    "<REPO>",
-    "<reponame>",
-];
+const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 /// Every token with one of these texts ends generation (and is forced to CONTROL).
 const EOG_TEXTS: &[&str] = &[
@@ -146,10 +140,7 @@ fn bpe_pre_tokenizer(pre: Option<&str>) -> Result<(Vec<&'static str>, bool)> {
         "qwen2" | "deepseek-r1-qwen" | "megrez" => (vec![RE_QWEN2], false),
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => (vec![RE_LLAMA3], true),
         "gpt-2" | "phi-2" => (vec![RE_GPT2], false),
-        "default" => (
-            vec![r"[\p{P}\$\+<=>\^~\|]+", RE_GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
-            false,
-        ),
+        "default" => (vec![r"[\p{P}\$\+<=>\^~\|]+", RE_GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"], false),
         other => bail!(
             "unsupported tokenizer.ggml.pre {other:?} for a gpt2 tokenizer \
              (supported: qwen2, llama3/llama-bpe, gpt-2, default); pass --tokenizer with a tokenizer.json"
@@ -219,36 +210,19 @@ impl<'a> Meta<'a> {
         let tokens = array(ct, "tokenizer.ggml.tokens")?
             .ok_or_else(|| anyhow!("GGUF has no tokenizer.ggml.tokens"))?
             .iter()
-            .map(|v| {
-                v.to_string()
-                    .map(|s| s.as_str())
-                    .map_err(|e| anyhow!("tokenizer.ggml.tokens: {e}"))
-            })
+            .map(|v| v.to_string().map(|s| s.as_str()).map_err(|e| anyhow!("tokenizer.ggml.tokens: {e}")))
             .collect::<Result<Vec<_>>>()?;
         let types = match array(ct, "tokenizer.ggml.token_type")? {
             Some(a) => {
-                let t = a
-                    .iter()
-                    .map(int_value)
-                    .collect::<Result<Vec<i64>>>()
-                    .context("tokenizer.ggml.token_type")?;
+                let t = a.iter().map(int_value).collect::<Result<Vec<i64>>>().context("tokenizer.ggml.token_type")?;
                 if t.len() != tokens.len() {
-                    bail!(
-                        "tokenizer.ggml.token_type has {} entries for {} tokens",
-                        t.len(),
-                        tokens.len()
-                    );
+                    bail!("tokenizer.ggml.token_type has {} entries for {} tokens", t.len(), tokens.len());
                 }
                 t.into_iter().map(|x| x as i32).collect()
             }
             None => vec![TYPE_NORMAL; tokens.len()],
         };
-        let mut meta = Self {
-            ct,
-            tokens,
-            types,
-            text: TextSpecials::default(),
-        };
+        let mut meta = Self { ct, tokens, types, text: TextSpecials::default() };
         meta.text = text_specials(&meta);
         Ok(meta)
     }
@@ -280,10 +254,8 @@ impl<'a> Meta<'a> {
         if self.text.demoted == Some(id as u32) {
             return false;
         }
-        matches!(
-            self.types[id],
-            TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN
-        ) || self.text.forced_control.contains(&(id as u32))
+        matches!(self.types[id], TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN)
+            || self.text.forced_control.contains(&(id as u32))
     }
 }
 
@@ -325,8 +297,7 @@ fn byte_chars() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable =
-            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -351,8 +322,7 @@ fn added_tokens(meta: &Meta) -> Vec<AddedToken> {
     (0..meta.tokens.len())
         .filter(|&i| meta.is_special_type(i) && !meta.tokens[i].is_empty())
         .map(|i| {
-            let special = meta.types[i] != TYPE_USER_DEFINED
-                || meta.text.forced_control.contains(&(i as u32));
+            let special = meta.types[i] != TYPE_USER_DEFINED || meta.text.forced_control.contains(&(i as u32));
             AddedToken::from(meta.tokens[i], special).normalized(false)
         })
         .collect()
@@ -363,15 +333,8 @@ fn piece_table(meta: &Meta, byte_level: bool) -> Pieces {
     let mut bytes = Vec::with_capacity(meta.tokens.iter().map(|t| t.len()).sum());
     let mut offsets = Vec::with_capacity(meta.tokens.len() + 1);
     offsets.push(0u32);
-    let char_byte: HashMap<char, u8> = if byte_level {
-        byte_chars()
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect()
-    } else {
-        HashMap::new()
-    };
+    let char_byte: HashMap<char, u8> =
+        if byte_level { byte_chars().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect() } else { HashMap::new() };
     let mut buf = [0u8; 4];
     for (i, text) in meta.tokens.iter().enumerate() {
         let ty = meta.types[i];
@@ -404,43 +367,23 @@ fn piece_table(meta: &Meta, byte_level: bool) -> Pieces {
 fn build_spm(meta: &Meta, add_space_prefix: bool) -> Result<Tokenizer> {
     let n = meta.tokens.len();
     let scores: Vec<f32> = match array(meta.ct, "tokenizer.ggml.scores")? {
-        Some(a) => a
-            .iter()
-            .map(float_value)
-            .collect::<Result<_>>()
-            .context("tokenizer.ggml.scores")?,
+        Some(a) => a.iter().map(float_value).collect::<Result<_>>().context("tokenizer.ggml.scores")?,
         None => vec![0.0; n],
     };
     if scores.len() != n {
-        bail!(
-            "tokenizer.ggml.scores has {} entries for {} tokens",
-            scores.len(),
-            n
-        );
+        bail!("tokenizer.ggml.scores has {} entries for {} tokens", scores.len(), n);
     }
     // The owned vocab (for the model) on a second thread, the merges here.
     let (vocab, merges) = std::thread::scope(|s| {
-        let vocab = s.spawn(|| -> Vocab {
-            meta.tokens
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.to_string(), i as u32))
-                .collect()
-        });
+        let vocab =
+            s.spawn(|| -> Vocab { meta.tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect() });
         let known: HashSet<&str> = meta.tokens.iter().copied().collect();
         // Every piece that can come out of a merge (added tokens never reach the model), split
         // every way into two vocab pieces. Rank: the merged piece's score, highest first.
         let mut targets: Vec<u32> = (0..n as u32)
-            .filter(|&i| {
-                !meta.is_special_type(i as usize)
-                    && meta.tokens[i as usize].chars().nth(1).is_some()
-            })
+            .filter(|&i| !meta.is_special_type(i as usize) && meta.tokens[i as usize].chars().nth(1).is_some())
             .collect();
-        targets.sort_by(|&a, &b| {
-            scores[b as usize]
-                .total_cmp(&scores[a as usize])
-                .then(a.cmp(&b))
-        });
+        targets.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
         let mut merges = Vec::with_capacity(targets.len() * 2);
         for &id in &targets {
             let piece = meta.tokens[id as usize];
@@ -453,37 +396,23 @@ fn build_spm(meta: &Meta, add_space_prefix: bool) -> Result<Tokenizer> {
         }
         (vocab.join().expect("vocab thread panicked"), merges)
     });
-    let unk = meta
-        .id("tokenizer.ggml.unknown_token_id")
-        .map(|i| meta.tokens[i as usize].to_string());
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .byte_fallback(true)
-        .fuse_unk(true);
+    let unk = meta.id("tokenizer.ggml.unknown_token_id").map(|i| meta.tokens[i as usize].to_string());
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
     if let Some(unk) = unk {
         builder = builder.unk_token(unk);
     }
-    let model = builder
-        .build()
-        .map_err(tk_err)
-        .context("building the SentencePiece BPE")?;
+    let model = builder.build().map_err(tk_err).context("building the SentencePiece BPE")?;
 
     let mut tk = Tokenizer::new(model);
     let replace = Replace::new(" ", SPM_SPACE.to_string()).map_err(tk_err)?;
     let normalizer: NormalizerWrapper = if add_space_prefix {
-        NormalizerSequence::new(vec![
-            Prepend::new(SPM_SPACE.to_string()).into(),
-            replace.into(),
-        ])
-        .into()
+        NormalizerSequence::new(vec![Prepend::new(SPM_SPACE.to_string()).into(), replace.into()]).into()
     } else {
         replace.into()
     };
     tk.with_normalizer(Some(normalizer)).map_err(tk_err)?;
     let mut decoders: Vec<DecoderWrapper> = vec![
-        Replace::new(SPM_SPACE.to_string(), " ")
-            .map_err(tk_err)?
-            .into(),
+        Replace::new(SPM_SPACE.to_string(), " ").map_err(tk_err)?.into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
     ];
@@ -498,25 +427,15 @@ fn build_spm(meta: &Meta, add_space_prefix: bool) -> Result<Tokenizer> {
 /// GPT-2 style byte-level BPE (llama.cpp "gpt2"/BPE).
 fn build_bpe(meta: &Meta) -> Result<Tokenizer> {
     let (regexes, ignore_merges) = bpe_pre_tokenizer(meta.str("tokenizer.ggml.pre"))?;
-    let vocab: Vocab = meta
-        .tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.to_string(), i as u32))
-        .collect();
+    let vocab: Vocab = meta.tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
     let raw_merges = array(meta.ct, "tokenizer.ggml.merges")?
         .ok_or_else(|| anyhow!("GGUF gpt2 tokenizer has no tokenizer.ggml.merges"))?;
     let mut merges = Vec::with_capacity(raw_merges.len());
     for m in raw_merges {
-        let m = m
-            .to_string()
-            .map_err(|e| anyhow!("tokenizer.ggml.merges: {e}"))?;
+        let m = m.to_string().map_err(|e| anyhow!("tokenizer.ggml.merges: {e}"))?;
         // A merge whose parts or result are not in the vocab can never apply; llama.cpp ignores it.
         if let Some((a, b)) = m.split_once(' ') {
-            if vocab.contains_key(a)
-                && vocab.contains_key(b)
-                && vocab.contains_key(&format!("{a}{b}"))
-            {
+            if vocab.contains_key(a) && vocab.contains_key(b) && vocab.contains_key(&format!("{a}{b}")) {
                 merges.push((a.to_string(), b.to_string()));
             }
         }
@@ -531,13 +450,9 @@ fn build_bpe(meta: &Meta) -> Result<Tokenizer> {
     let mut pre: Vec<PreTokenizerWrapper> = Vec::new();
     for re in regexes {
         pre.push(
-            Split::new(
-                SplitPattern::Regex(re.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(tk_err)?
-            .into(),
+            Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(tk_err)?
+                .into(),
         );
     }
     pre.push(ByteLevel::new(false, false, false).into());
@@ -586,21 +501,9 @@ fn text_specials(meta: &Meta) -> TextSpecials {
     detect("tokenizer.ggml.fim_pre_token_id", FIM_PRE_TEXTS, &mut out);
     detect("tokenizer.ggml.fim_suf_token_id", FIM_SUF_TEXTS, &mut out);
     detect("tokenizer.ggml.fim_mid_token_id", FIM_MID_TEXTS, &mut out);
-    eog.extend(detect(
-        "tokenizer.ggml.fim_pad_token_id",
-        FIM_PAD_TEXTS,
-        &mut out,
-    ));
-    eog.extend(detect(
-        "tokenizer.ggml.fim_rep_token_id",
-        FIM_REP_TEXTS,
-        &mut out,
-    ));
-    eog.extend(detect(
-        "tokenizer.ggml.fim_sep_token_id",
-        FIM_SEP_TEXTS,
-        &mut out,
-    ));
+    eog.extend(detect("tokenizer.ggml.fim_pad_token_id", FIM_PAD_TEXTS, &mut out));
+    eog.extend(detect("tokenizer.ggml.fim_rep_token_id", FIM_REP_TEXTS, &mut out));
+    eog.extend(detect("tokenizer.ggml.fim_sep_token_id", FIM_SEP_TEXTS, &mut out));
     for t in EOG_TEXTS {
         if let Some(&id) = found.get(t) {
             eog.insert(id);
@@ -609,10 +512,7 @@ fn text_specials(meta: &Meta) -> TextSpecials {
     }
     let text_of = |id: &u32| meta.tokens[*id as usize];
     // A model with a normal "</s>" (Gemma 4's "<|tool_response>", PLaMo's "<|plamo:eos|>").
-    if eog
-        .iter()
-        .any(|id| matches!(text_of(id), "<|tool_response>" | "<|plamo:eos|>"))
-    {
+    if eog.iter().any(|id| matches!(text_of(id), "<|tool_response>" | "<|plamo:eos|>")) {
         if let Some(&s) = found.get("</s>") {
             eog.remove(&s);
             out.forced_control.remove(&s);
@@ -644,9 +544,7 @@ fn stop_ids(meta: &Meta) -> Vec<u32> {
         .eog
         .iter()
         .copied()
-        .filter(|id| {
-            meta.text.from_metadata.contains(id) || meta.types[*id as usize] == TYPE_CONTROL
-        })
+        .filter(|id| meta.text.from_metadata.contains(id) || meta.types[*id as usize] == TYPE_CONTROL)
         .collect()
 }
 
@@ -654,9 +552,7 @@ impl GgufTokenizer {
     /// Builds from GGUF metadata; an unsupported `tokenizer.ggml.model` is an error naming it.
     pub fn from_gguf(ct: &Content) -> Result<Self> {
         let meta = Meta::read(ct)?;
-        let model = meta
-            .str("tokenizer.ggml.model")
-            .ok_or_else(|| anyhow!("GGUF has no tokenizer.ggml.model"))?;
+        let model = meta.str("tokenizer.ggml.model").ok_or_else(|| anyhow!("GGUF has no tokenizer.ggml.model"))?;
         let (inner, pieces, strip) = match model {
             "llama" => {
                 // llama.cpp's default for SentencePiece models is to add the prefix space.
@@ -671,13 +567,7 @@ impl GgufTokenizer {
             "gpt2" => (build_bpe(&meta)?, piece_table(&meta, true), false),
             other => bail!("unsupported tokenizer.ggml.model {other:?} (supported: \"llama\" (SentencePiece) and \"gpt2\" (byte-level BPE))"),
         };
-        Ok(Self::assemble(
-            &meta,
-            inner,
-            pieces,
-            strip,
-            meta.tokens.len(),
-        ))
+        Ok(Self::assemble(&meta, inner, pieces, strip, meta.tokens.len()))
     }
 
     /// Loads an override tokenizer.json (the `--tokenizer` flag); BOS, `add_bos`, the stop ids
@@ -691,13 +581,7 @@ impl GgufTokenizer {
         Ok(Self::assemble(&meta, inner, Pieces::Hf, false, size))
     }
 
-    fn assemble(
-        meta: &Meta,
-        inner: Tokenizer,
-        pieces: Pieces,
-        strip: bool,
-        vocab_size: usize,
-    ) -> Self {
+    fn assemble(meta: &Meta, inner: Tokenizer, pieces: Pieces, strip: bool, vocab_size: usize) -> Self {
         let model = meta.str("tokenizer.ggml.model").unwrap_or("");
         Self {
             inner,
@@ -705,9 +589,7 @@ impl GgufTokenizer {
             bos_id: meta.id("tokenizer.ggml.bos_token_id"),
             eos_id: meta.id("tokenizer.ggml.eos_token_id"),
             // llama.cpp: SentencePiece models add BOS unless told not to; BPE ones only when told.
-            add_bos: meta
-                .bool("tokenizer.ggml.add_bos_token")
-                .unwrap_or(model == "llama"),
+            add_bos: meta.bool("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
             strip_leading_space: strip,
             stop_ids: stop_ids(meta),
             vocab_size,
@@ -748,11 +630,7 @@ impl GgufTokenizer {
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
             Pieces::Hf => {
-                let kept: Vec<u32> = ids
-                    .iter()
-                    .copied()
-                    .filter(|&id| !self.skipped(id))
-                    .collect();
+                let kept: Vec<u32> = ids.iter().copied().filter(|&id| !self.skipped(id)).collect();
                 self.inner.decode(&kept, false).map_err(tk_err)
             }
         }
@@ -773,19 +651,10 @@ impl GgufTokenizer {
         }
         let i = id as usize;
         if i + 1 >= offsets.len() {
-            bail!(
-                "token id {id} is outside the vocabulary ({} tokens)",
-                offsets.len() - 1
-            );
+            bail!("token id {id} is outside the vocabulary ({} tokens)", offsets.len() - 1);
         }
         let p = &bytes[offsets[i] as usize..offsets[i + 1] as usize];
-        Ok(
-            if first && self.strip_leading_space && p.first() == Some(&b' ') {
-                &p[1..]
-            } else {
-                p
-            },
-        )
+        Ok(if first && self.strip_leading_space && p.first() == Some(&b' ') { &p[1..] } else { p })
     }
 
     pub fn bos_id(&self) -> Option<u32> {
@@ -862,14 +731,7 @@ pub struct TokenStream {
 
 impl TokenStream {
     pub fn new(tok: Arc<GgufTokenizer>) -> Self {
-        Self {
-            tok,
-            pending: Vec::new(),
-            first: true,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-        }
+        Self { tok, pending: Vec::new(), first: true, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
     }
 
     /// Adds one id; returns the text that became complete, if any.
@@ -887,20 +749,9 @@ impl TokenStream {
             return Ok(None);
         }
         self.ids.push(id);
-        let prefix = self
-            .tok
-            .inner
-            .decode(&self.ids[self.prefix_offset..self.read_offset], false)
-            .map_err(tk_err)?;
-        let text = self
-            .tok
-            .inner
-            .decode(&self.ids[self.prefix_offset..], false)
-            .map_err(tk_err)?;
-        if text.len() > prefix.len()
-            && !text.ends_with('\u{FFFD}')
-            && text.is_char_boundary(prefix.len())
-        {
+        let prefix = self.tok.inner.decode(&self.ids[self.prefix_offset..self.read_offset], false).map_err(tk_err)?;
+        let text = self.tok.inner.decode(&self.ids[self.prefix_offset..], false).map_err(tk_err)?;
+        if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') && text.is_char_boundary(prefix.len()) {
             let new = text[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
@@ -915,22 +766,11 @@ impl TokenStream {
         if let Pieces::Table { .. } = self.tok.pieces {
             return Ok(take_complete_utf8(&mut self.pending, true));
         }
-        let prefix = self
-            .tok
-            .inner
-            .decode(&self.ids[self.prefix_offset..self.read_offset], false)
-            .map_err(tk_err)?;
-        let text = self
-            .tok
-            .inner
-            .decode(&self.ids[self.prefix_offset..], false)
-            .map_err(tk_err)?;
+        let prefix = self.tok.inner.decode(&self.ids[self.prefix_offset..self.read_offset], false).map_err(tk_err)?;
+        let text = self.tok.inner.decode(&self.ids[self.prefix_offset..], false).map_err(tk_err)?;
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
-        Ok(text
-            .get(prefix.len()..)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string))
+        Ok(text.get(prefix.len()..).filter(|s| !s.is_empty()).map(str::to_string))
     }
 }
 
@@ -983,12 +823,7 @@ mod tests {
 
     /// A tiny SentencePiece vocab in an in-memory GGUF header.
     fn spm_content(model: &str) -> Content {
-        let mut tokens: Vec<String> = vec![
-            "<unk>".into(),
-            "<bos>".into(),
-            "<eos>".into(),
-            "<end_of_turn>".into(),
-        ];
+        let mut tokens: Vec<String> = vec!["<unk>".into(), "<bos>".into(), "<eos>".into(), "<end_of_turn>".into()];
         let mut types = vec![TYPE_CONTROL; 4];
         let mut scores = vec![0.0f32; 4];
         for b in 0..=255u8 {
@@ -996,12 +831,7 @@ mod tests {
             types.push(TYPE_BYTE);
             scores.push(0.0);
         }
-        for (i, p) in [
-            "▁", "h", "e", "l", "o", "he", "ll", "llo", "hello", "▁hello", "é",
-        ]
-        .iter()
-        .enumerate()
-        {
+        for (i, p) in ["▁", "h", "e", "l", "o", "he", "ll", "llo", "hello", "▁hello", "é"].iter().enumerate() {
             tokens.push(p.to_string());
             types.push(TYPE_NORMAL);
             scores.push(-(i as f32));
@@ -1010,45 +840,20 @@ mod tests {
         types.push(TYPE_USER_DEFINED);
         scores.push(-1000.0);
         let mut md = HashMap::new();
-        md.insert(
-            "tokenizer.ggml.model".to_string(),
-            Value::String(model.into()),
-        );
-        md.insert(
-            "tokenizer.ggml.tokens".to_string(),
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
-        );
-        md.insert(
-            "tokenizer.ggml.token_type".to_string(),
-            Value::Array(types.into_iter().map(Value::I32).collect()),
-        );
-        md.insert(
-            "tokenizer.ggml.scores".to_string(),
-            Value::Array(scores.into_iter().map(Value::F32).collect()),
-        );
+        md.insert("tokenizer.ggml.model".to_string(), Value::String(model.into()));
+        md.insert("tokenizer.ggml.tokens".to_string(), Value::Array(tokens.into_iter().map(Value::String).collect()));
+        md.insert("tokenizer.ggml.token_type".to_string(), Value::Array(types.into_iter().map(Value::I32).collect()));
+        md.insert("tokenizer.ggml.scores".to_string(), Value::Array(scores.into_iter().map(Value::F32).collect()));
         md.insert("tokenizer.ggml.bos_token_id".to_string(), Value::U32(1));
         md.insert("tokenizer.ggml.eos_token_id".to_string(), Value::U32(2));
-        md.insert(
-            "tokenizer.ggml.add_bos_token".to_string(),
-            Value::Bool(true),
-        );
-        md.insert(
-            "tokenizer.ggml.add_space_prefix".to_string(),
-            Value::Bool(false),
-        );
-        Content {
-            magic: VersionedMagic::GgufV3,
-            metadata: md,
-            tensor_infos: HashMap::new(),
-            tensor_data_offset: 0,
-        }
+        md.insert("tokenizer.ggml.add_bos_token".to_string(), Value::Bool(true));
+        md.insert("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(false));
+        Content { magic: VersionedMagic::GgufV3, metadata: md, tensor_infos: HashMap::new(), tensor_data_offset: 0 }
     }
 
     #[test]
     fn unsupported_model_is_named() {
-        let err = GgufTokenizer::from_gguf(&spm_content("rwkv"))
-            .unwrap_err()
-            .to_string();
+        let err = GgufTokenizer::from_gguf(&spm_content("rwkv")).unwrap_err().to_string();
         assert!(err.contains("\"rwkv\""), "{err}");
     }
 
@@ -1056,21 +861,11 @@ mod tests {
     fn tiny_spm_merges_by_score_and_falls_back_to_bytes() {
         let tok = GgufTokenizer::from_gguf(&spm_content("llama")).unwrap();
         let id = |s: &str| tok.inner().token_to_id(s).unwrap();
-        assert_eq!(
-            tok.encode("hello hello", false).unwrap(),
-            vec![id("hello"), id("▁hello")]
-        );
+        assert_eq!(tok.encode("hello hello", false).unwrap(), vec![id("hello"), id("▁hello")]);
         assert_eq!(tok.encode("hello", true).unwrap(), vec![1, id("hello")]);
-        assert_eq!(
-            tok.encode("<bos>hello", true).unwrap(),
-            vec![1, id("hello")],
-            "BOS is not doubled"
-        );
+        assert_eq!(tok.encode("<bos>hello", true).unwrap(), vec![1, id("hello")], "BOS is not doubled");
         // "ñ" is not in the vocab: two byte tokens; "\n\n" is a user-defined token.
-        assert_eq!(
-            tok.encode("ñ\n\n<end_of_turn>", false).unwrap(),
-            vec![id("<0xC3>"), id("<0xB1>"), id("\n\n"), 3]
-        );
+        assert_eq!(tok.encode("ñ\n\n<end_of_turn>", false).unwrap(), vec![id("<0xC3>"), id("<0xB1>"), id("\n\n"), 3]);
         assert_eq!(tok.stop_ids(), &[2, 3]);
         let ids = tok.encode("hello ñé\n\n", true).unwrap();
         assert_eq!(tok.decode(&ids).unwrap(), "hello ñé\n\n");
@@ -1080,24 +875,14 @@ mod tests {
             got.push(stream.push(i).unwrap());
         }
         assert_eq!(got[3], None, "half of ñ is held back");
-        let text: String = got
-            .into_iter()
-            .flatten()
-            .chain(stream.finish().unwrap())
-            .collect();
+        let text: String = got.into_iter().flatten().chain(stream.finish().unwrap()).collect();
         assert_eq!(text, "hello ñé\n\n");
     }
 
     #[test]
     fn utf8_tail_handling_matches_from_utf8_lossy() {
-        let cases: &[&[u8]] = &[
-            b"abc",
-            b"\xE4\xB8",
-            b"\xE4\xB8a",
-            b"\xF0\x9F\x98\x80\xF0",
-            b"\xFFx\xC3\xA9",
-            b"\xE4\xB8\xE4\xB8\xAD",
-        ];
+        let cases: &[&[u8]] =
+            &[b"abc", b"\xE4\xB8", b"\xE4\xB8a", b"\xF0\x9F\x98\x80\xF0", b"\xFFx\xC3\xA9", b"\xE4\xB8\xE4\xB8\xAD"];
         for bytes in cases {
             // Feed one byte at a time.
             let mut buf = Vec::new();

@@ -101,12 +101,7 @@ pub fn sampling(input: &SamplingInput, context: usize) -> Result<(usize, Samplin
         return Err(bad(format!("stop sequences must be 1 to {MAX_STOP_LEN} bytes")));
     }
     let seed = input.seed.unwrap_or_else(rand::random);
-    let params = SamplingParams {
-        temperature,
-        top_p: input.top_p,
-        top_k: input.top_k.map(|k| k as usize),
-        seed,
-    };
+    let params = SamplingParams { temperature, top_p: input.top_p, top_k: input.top_k.map(|k| k as usize), seed };
     Ok((max_tokens, params, input.stop.clone()))
 }
 
@@ -125,11 +120,15 @@ pub fn prompt_ids(engine: &Engine, prompt: &PromptInput, max_tokens: usize) -> R
                 return Err(bad("messages must not be empty"));
             }
             let Some(template) = &engine.template else {
-                return Err(bad(format!("{} has no chat template; send a plain prompt with chat: false", engine.model_name)));
+                return Err(bad(format!(
+                    "{} has no chat template; send a plain prompt with chat: false",
+                    engine.model_name
+                )));
             };
             let text = template.render(messages, true).map_err(|e| bad(format!("{e:#}")))?;
             // A template that writes the BOS token itself must not get a second one.
-            let add_bos = tok.add_bos_default() && (template.bos_token().is_empty() || !text.starts_with(template.bos_token()));
+            let add_bos =
+                tok.add_bos_default() && (template.bos_token().is_empty() || !text.starts_with(template.bos_token()));
             tok.encode(&text, add_bos).map_err(|e| bad(format!("cannot tokenize prompt: {e}")))?
         }
     };
@@ -190,8 +189,7 @@ mod tests {
             assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
             assert!(err.to_string().contains(needle), "{err} lacks {needle}");
         }
-        let mut inp = SamplingInput::default();
-        inp.stop = vec![String::new()];
+        let mut inp = SamplingInput { stop: vec![String::new()], ..Default::default() };
         assert!(sampling(&inp, 4096).is_err());
         inp.stop = vec!["x".into(); 17];
         assert!(sampling(&inp, 4096).is_err());
@@ -199,8 +197,7 @@ mod tests {
 
     #[test]
     fn explicit_seed_is_kept() {
-        let mut inp = SamplingInput::default();
-        inp.seed = Some(42);
+        let inp = SamplingInput { seed: Some(42), ..Default::default() };
         assert_eq!(sampling(&inp, 4096).unwrap().1.seed, 42);
     }
 }

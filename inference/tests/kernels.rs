@@ -76,7 +76,12 @@ fn compare(model: &str, kernels: Kernels) -> (f64, f64) {
 
     // 1,000 decode steps: greedy continuations of four prompts under ours, each step's top-1
     // (which is the token ours chose) checked against the baseline fed the same tokens.
-    let prompts = ["def quicksort(items):", "The history of the printing press", "Ingredients for a simple bread:", "// A C function that reverses a string\n"];
+    let prompts = [
+        "def quicksort(items):",
+        "The history of the printing press",
+        "Ingredients for a simple bread:",
+        "// A C function that reverses a string\n",
+    ];
     let (mut same, mut steps) = (0usize, 0usize);
     for p in prompts {
         let prompt = tok.encode(p, true).unwrap();

@@ -12,7 +12,13 @@ async fn post(url: &str, body: Value) -> reqwest::Response {
 }
 
 async fn post_raw(url: &str, body: &str) -> reqwest::Response {
-    reqwest::Client::new().post(url).header("content-type", "application/json").body(body.to_string()).send().await.unwrap()
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn assert_error(resp: reqwest::Response, status: u16, what: &str) {
@@ -66,17 +72,30 @@ async fn gemma_serves_generate() {
         .collect();
     assert_eq!(streamed, text);
     let done: Value = serde_json::from_str(&last.data).unwrap();
-    for field in ["model_id", "model", "device", "prompt_tokens", "completion_tokens", "finish_reason", "ttft_ms", "latency_ms", "tokens_per_second"] {
+    for field in [
+        "model_id",
+        "model",
+        "device",
+        "prompt_tokens",
+        "completion_tokens",
+        "finish_reason",
+        "ttft_ms",
+        "latency_ms",
+        "tokens_per_second",
+    ] {
         assert!(!done[field].is_null(), "done lacks {field}: {done}");
     }
 
     // A stop string cuts the output before it.
     let cut_at: String = text.chars().skip(3).take(3).collect();
-    let r: Value = post(&gen, json!({"prompt": "def fibonacci(n):", "max_tokens": 16, "temp": 0, "stop": [cut_at.clone()], "stream": false}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let r: Value = post(
+        &gen,
+        json!({"prompt": "def fibonacci(n):", "max_tokens": 16, "temp": 0, "stop": [cut_at.clone()], "stream": false}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(r["finish_reason"], "stop_sequence", "{r}");
     let expected = &text[..text.find(&cut_at).unwrap()];
     assert_eq!(r["text"], expected);
@@ -99,13 +118,21 @@ async fn gemma_serves_generate() {
     assert_error(post_raw(&gen, r#"{"max_tokens": 4}"#).await, 422, "missing prompt").await;
     assert_error(post(&gen, json!({"prompt": ""})).await, 400, "empty prompt").await;
     assert_error(post(&gen, json!({"prompt": 42})).await, 422, "prompt of the wrong type").await;
-    assert_error(post(&gen, json!({"prompt": "x", "max_tokens": "ten"})).await, 422, "max_tokens of the wrong type").await;
+    assert_error(post(&gen, json!({"prompt": "x", "max_tokens": "ten"})).await, 422, "max_tokens of the wrong type")
+        .await;
     assert_error(post(&gen, json!({"prompt": "x", "max_tokens": 0})).await, 400, "max_tokens 0").await;
-    assert_error(post(&gen, json!({"prompt": "x", "max_tokens": 100000})).await, 400, "max_tokens beyond the context").await;
+    assert_error(post(&gen, json!({"prompt": "x", "max_tokens": 100000})).await, 400, "max_tokens beyond the context")
+        .await;
     assert_error(post(&gen, json!({"prompt": "x", "temp": -1})).await, 400, "negative temperature").await;
     assert_error(post(&gen, json!({"prompt": "x", "top_p": 2})).await, 400, "top_p above 1").await;
-    assert_error(post(&gen, json!({"prompt": "word ".repeat(400), "max_tokens": 4})).await, 400, "prompt longer than the context").await;
-    assert_error(post(&gen, json!({"prompt": "x", "chat": true})).await, 400, "chat on a model without a template").await;
+    assert_error(
+        post(&gen, json!({"prompt": "word ".repeat(400), "max_tokens": 4})).await,
+        400,
+        "prompt longer than the context",
+    )
+    .await;
+    assert_error(post(&gen, json!({"prompt": "x", "chat": true})).await, 400, "chat on a model without a template")
+        .await;
     assert_error(reqwest::Client::new().post(&gen).body("{}").send().await.unwrap(), 400, "no content type").await;
     assert_error(reqwest::get(format!("{}/nope", s.url)).await.unwrap(), 404, "unknown path").await;
     let health = reqwest::get(format!("{}/health", s.url)).await.unwrap();
@@ -156,7 +183,9 @@ async fn idle_slow_and_huge_clients_are_bounded() {
     let s = Server::start(GEMMA, "m1", &["--max-connections", "20", "--header-read-timeout-ms", "5000"]).await;
     async fn read_all(c: &mut TcpStream) -> String {
         let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut out)).await.expect("the server closed the connection");
+        let _ = tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut out))
+            .await
+            .expect("the server closed the connection");
         String::from_utf8_lossy(&out).into_owned()
     }
     let mut idle = Vec::new();
@@ -237,7 +266,10 @@ fn bad_model_files_fail_at_start() {
     let mut head = vec![0u8; 20 << 20];
     src.read_exact(&mut head).unwrap();
     std::fs::File::create(&truncated).unwrap().write_all(&head).unwrap();
-    let out = std::process::Command::new(bin()).args(["--model", truncated.to_str().unwrap(), "--port", "0"]).output().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["--model", truncated.to_str().unwrap(), "--port", "0"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("truncated") && err.contains("truncated.gguf"), "{err}");
@@ -246,18 +278,26 @@ fn bad_model_files_fail_at_start() {
     let odd = dir.path().join("mamba.gguf");
     {
         use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-        let t = QTensor::quantize(&candle_core::Tensor::zeros((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+        let t = QTensor::quantize(
+            &candle_core::Tensor::zeros((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap();
         let arch = gguf_file::Value::String("mamba".into());
         let mut f = std::fs::File::create(&odd).unwrap();
         gguf_file::write(&mut f, &[("general.architecture", &arch)], &[("w", &t)]).unwrap();
     }
-    let out = std::process::Command::new(bin()).args(["--model", odd.to_str().unwrap(), "--port", "0"]).output().unwrap();
+    let out =
+        std::process::Command::new(bin()).args(["--model", odd.to_str().unwrap(), "--port", "0"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unsupported architecture") && err.contains("mamba.gguf"), "{err}");
 
     if !cfg!(feature = "cuda") {
-        let out = std::process::Command::new(bin()).args(["--model", model(GEMMA).to_str().unwrap(), "--device", "cuda", "--port", "0"]).output().unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["--model", model(GEMMA).to_str().unwrap(), "--device", "cuda", "--port", "0"])
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("without CUDA support"), "{err}");

@@ -120,9 +120,7 @@ struct Service {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("POLYLLM_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("POLYLLM_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(std::io::stdout)
@@ -204,7 +202,12 @@ fn fetch_missing(args: &UpArgs, bin_dir: &Path, backends: &[BackendSpec]) -> Res
         match artifact_of(&b.file) {
             Some(a) if !only.contains(&a) => only.push(a),
             Some(_) => {}
-            None => bail!("{} needs {}: not a file fetch-models knows; copy it into {}", b.id, b.file, args.models_dir.display()),
+            None => bail!(
+                "{} needs {}: not a file fetch-models knows; copy it into {}",
+                b.id,
+                b.file,
+                args.models_dir.display()
+            ),
         }
     }
     // The router's learned policy embeds prompts with all-MiniLM-L6-v2.
@@ -238,9 +241,7 @@ fn free_port() -> Result<u16> {
 
 /// Finds an executable on PATH.
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file())
-    })
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
 }
 
 async fn pump<R: AsyncRead + Unpin + Send + 'static>(reader: R, id: String) {
@@ -310,7 +311,12 @@ async fn supervise(svc: Service, mut shutdown: watch::Receiver<bool>) {
                     backoff = Duration::from_secs(1);
                 }
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                warn!("{} (pid {pid}) exited: {status} after {:.1}s; restarting in {}s", svc.id, ran.as_secs_f64(), backoff.as_secs());
+                warn!(
+                    "{} (pid {pid}) exited: {status} after {:.1}s; restarting in {}s",
+                    svc.id,
+                    ran.as_secs_f64(),
+                    backoff.as_secs()
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.wait_for(|s| *s) => return,
@@ -333,7 +339,12 @@ async fn supervise(svc: Service, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Polls `url` until it answers 200 (and, for the router, reports a healthy backend).
-async fn wait_healthy(client: &reqwest::Client, url: &str, deadline: Instant, shutdown: &watch::Receiver<bool>) -> Option<serde_json::Value> {
+async fn wait_healthy(
+    client: &reqwest::Client,
+    url: &str,
+    deadline: Instant,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<serde_json::Value> {
     loop {
         if *shutdown.borrow() || Instant::now() > deadline {
             return None;
@@ -382,7 +393,10 @@ async fn up(args: UpArgs) -> Result<()> {
     let router = bin_dir.join("router");
     for b in [&inference, &router] {
         if !b.is_file() {
-            bail!("{} is missing: build it with `cargo build -p inference -p router` (or drop --no-build)", b.display());
+            bail!(
+                "{} is missing: build it with `cargo build -p inference -p router` (or drop --no-build)",
+                b.display()
+            );
         }
     }
     fetch_missing(&args, &bin_dir, &selected)?;
@@ -398,7 +412,8 @@ async fn up(args: UpArgs) -> Result<()> {
 
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => info!("Ctrl-C: stopping"),
             _ = term.recv() => info!("SIGTERM: stopping"),
@@ -431,7 +446,8 @@ async fn up(args: UpArgs) -> Result<()> {
         }
     };
 
-    let connect_host = if args.host == "0.0.0.0" || args.host == "::" { "127.0.0.1".to_string() } else { args.host.clone() };
+    let connect_host =
+        if args.host == "0.0.0.0" || args.host == "::" { "127.0.0.1".to_string() } else { args.host.clone() };
     let mut backends_json = serde_json::Map::new();
     for b in &selected {
         let model = args.models_dir.join(&b.file);
@@ -502,9 +518,15 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     if !*rx.borrow() {
         let url = format!("http://{connect_host}:{}", args.router_port);
-        if wait_healthy(&client, &format!("{url}/health"), Instant::now() + Duration::from_secs(60), &rx).await.is_some() && all_ok {
+        if wait_healthy(&client, &format!("{url}/health"), Instant::now() + Duration::from_secs(60), &rx)
+            .await
+            .is_some()
+            && all_ok
+        {
             match &ui_state {
-                ui::UiState::Missing(why) => warn!("the UI is not built ({why}): {url}/ says how; build it with {}", ui::BUILD_HINT),
+                ui::UiState::Missing(why) => {
+                    warn!("the UI is not built ({why}): {url}/ says how; build it with {}", ui::BUILD_HINT)
+                }
                 ui::UiState::Ready | ui::UiState::Built => {}
             }
             info!("polyllm is up: {url}  (UI at /, API POST {url}/generate, metrics at {url}/metrics); Ctrl-C stops");
@@ -536,7 +558,8 @@ mod tests {
     #[test]
     fn flags_parse() {
         Cli::command().debug_assert();
-        let Cmd::Up(a) = Cli::parse_from(["polyllm", "up", "--backends", "m1,m2", "--no-build", "--", "--policy", "latency"]).cmd;
+        let Cmd::Up(a) =
+            Cli::parse_from(["polyllm", "up", "--backends", "m1,m2", "--no-build", "--", "--policy", "latency"]).cmd;
         assert_eq!(a.backends, ["m1", "m2"]);
         assert!(a.no_build);
         assert_eq!(a.router_port, 8080);

@@ -25,10 +25,11 @@ pub enum UiState {
 /// build config); `None` when there are no sources (a packaged install with only `dist/`).
 fn newest_source(src: &Path) -> Option<SystemTime> {
     let mut newest = None;
-    let mut stack: Vec<PathBuf> = ["src", "index.html", "package.json", "package-lock.json", "vite.config.ts", "tsconfig.json"]
-        .iter()
-        .map(|p| src.join(p))
-        .collect();
+    let mut stack: Vec<PathBuf> =
+        ["src", "index.html", "package.json", "package-lock.json", "vite.config.ts", "tsconfig.json"]
+            .iter()
+            .map(|p| src.join(p))
+            .collect();
     while let Some(p) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&p) else { continue };
         if meta.is_dir() {

@@ -48,11 +48,19 @@ fn compose_files_are_valid_and_match_the_catalog() {
     for b in &cat.backends {
         let s = service(&cfg, &b.id);
         assert!(s.contains(&format!("MODEL: /models/{}", b.file)), "{}: wrong model\n{s}", b.id);
-        assert!(s.contains(&format!("PORT: '{}'", b.port)) || s.contains(&format!("PORT: \"{}\"", b.port)), "{}: port\n{s}", b.id);
+        assert!(
+            s.contains(&format!("PORT: '{}'", b.port)) || s.contains(&format!("PORT: \"{}\"", b.port)),
+            "{}: port\n{s}",
+            b.id
+        );
         // Reachable only through the router (its keys and limits) unless the debug override is used.
         assert!(!s.contains("published") && !s.contains("ports:"), "{}: publishes a port on the host\n{s}", b.id);
         let debug = service(&ports, &b.id);
-        assert!(debug.contains(&format!("published: {}", b.port)) || debug.contains(&format!(":{0}:{0}", b.port)), "{}: debug port\n{debug}", b.id);
+        assert!(
+            debug.contains(&format!("published: {}", b.port)) || debug.contains(&format!(":{0}:{0}", b.port)),
+            "{}: debug port\n{debug}",
+            b.id
+        );
         assert!(s.contains("service_completed_successfully"), "{}: must wait for the models init service\n{s}", b.id);
         assert!(s.contains("healthcheck"), "{}: no healthcheck", b.id);
         let want = if b.device == Slot::Gpu { "DEVICE: auto" } else { "DEVICE: cpu" };
@@ -73,7 +81,8 @@ fn compose_files_are_valid_and_match_the_catalog() {
     // X-Forwarded-For is believed only from the ui profile's nginx: its fixed address is the
     // router's one trusted proxy (and lies in the network's fixed subnet).
     let field = |block: &str, key: &str| -> String {
-        let line = block.lines().find(|l| l.trim_start().starts_with(key)).unwrap_or_else(|| panic!("no {key} in\n{block}"));
+        let line =
+            block.lines().find(|l| l.trim_start().starts_with(key)).unwrap_or_else(|| panic!("no {key} in\n{block}"));
         line.trim_start()[key.len()..].trim().trim_matches(|c| c == '\'' || c == '"').to_string()
     };
     let ui_ip = field(service(&cfg, "ui"), "ipv4_address:");
@@ -83,12 +92,18 @@ fn compose_files_are_valid_and_match_the_catalog() {
     for svc in ["redis", "models", "prometheus", "grafana", "node-exporter"] {
         service(&cfg, svc);
     }
-    assert!(service(&cfg, "grafana").contains("GF_AUTH_ANONYMOUS_ENABLED: 'true'") || service(&cfg, "grafana").contains("GF_AUTH_ANONYMOUS_ENABLED: \"true\""));
+    assert!(
+        service(&cfg, "grafana").contains("GF_AUTH_ANONYMOUS_ENABLED: 'true'")
+            || service(&cfg, "grafana").contains("GF_AUTH_ANONYMOUS_ENABLED: \"true\"")
+    );
 
     let gpu = config(&["docker-compose.yml", "docker-compose.gpu.yml"]);
     for id in ["m4", "m5"] {
         let s = service(&gpu, id);
-        assert!(s.contains("inference-cuda.Dockerfile") && s.contains("DEVICE: cuda") && s.contains("nvidia"), "{id}:\n{s}");
+        assert!(
+            s.contains("inference-cuda.Dockerfile") && s.contains("DEVICE: cuda") && s.contains("nvidia"),
+            "{id}:\n{s}"
+        );
     }
     assert!(service(&gpu, "m1").contains("docker/inference.Dockerfile"));
     service(&gpu, "dcgm-exporter");
@@ -98,10 +113,18 @@ fn compose_files_are_valid_and_match_the_catalog() {
         let text = std::fs::read_to_string(&p).unwrap_or_else(|_| panic!("{} missing", p.display()));
         assert!(text.contains("USER 10001"), "{f}: must run as a non-root user");
         assert!(text.contains("HEALTHCHECK"), "{f}: no HEALTHCHECK line");
-        assert!(text.matches("\nFROM ").count() >= 2 && (text.contains(" AS build") || text.contains(" AS bins-source")), "{f}: not multi-stage");
+        assert!(
+            text.matches("\nFROM ").count() >= 2 && (text.contains(" AS build") || text.contains(" AS bins-source")),
+            "{f}: not multi-stage"
+        );
         if f != "inference-cuda" {
             // Binaries compiled in the image by default, or taken from the host (compose test).
-            assert!(text.contains(" AS bins-source") && text.contains(" AS bins-host") && text.contains("FROM bins-${BINARIES} AS bins"), "{f}: no BINARIES switch");
+            assert!(
+                text.contains(" AS bins-source")
+                    && text.contains(" AS bins-host")
+                    && text.contains("FROM bins-${BINARIES} AS bins"),
+                "{f}: no BINARIES switch"
+            );
         }
     }
     assert!(repo().join(".dockerignore").is_file());

@@ -68,11 +68,7 @@ fn query(prom: &str, expr: &str) -> serde_json::Value {
 }
 
 fn metric_value(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metrics.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 #[test]
@@ -88,10 +84,16 @@ fn every_dashboard_query_returns_data_from_a_native_mesh() {
     let m1_port = free_port();
     let _m1 = Proc::spawn(
         "m1",
-        Command::new(&inference)
-            .arg("--model")
-            .arg(&model)
-            .args(["--model-id", "m1", "--host", "127.0.0.1", "--port", &m1_port.to_string(), "--threads", "1"]),
+        Command::new(&inference).arg("--model").arg(&model).args([
+            "--model-id",
+            "m1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &m1_port.to_string(),
+            "--threads",
+            "1",
+        ]),
     );
     let m9_port = failing_backend();
     let router_port = free_port();
@@ -181,7 +183,12 @@ fn every_dashboard_query_returns_data_from_a_native_mesh() {
     }
     let metrics = client().get(format!("{base}/metrics")).send().unwrap().text().unwrap();
     assert!(limited > 0, "no request was rate-limited; router metrics:\n{metrics}");
-    for name in ["router_cache_hits_total", "router_rate_limited_total", "router_fallbacks_total", "router_backend_errors_total"] {
+    for name in [
+        "router_cache_hits_total",
+        "router_rate_limited_total",
+        "router_fallbacks_total",
+        "router_backend_errors_total",
+    ] {
         assert!(metric_value(&metrics, name) > 0.0, "{name} is 0 after the traffic; router metrics:\n{metrics}");
     }
 
@@ -195,7 +202,8 @@ fn every_dashboard_query_returns_data_from_a_native_mesh() {
     std::thread::sleep(Duration::from_secs(3));
 
     let dash: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("grafana/dashboards/polyllm.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo().join("grafana/dashboards/polyllm.json")).unwrap())
+            .unwrap();
     let mut exprs = Vec::new();
     for p in dash["panels"].as_array().expect("panels") {
         for t in p["targets"].as_array().into_iter().flatten() {
@@ -215,9 +223,11 @@ fn every_dashboard_query_returns_data_from_a_native_mesh() {
             failures.push(format!("{title}: {expr} (no series)"));
         } else {
             // Data, not just series: at least one finite value (a quantile over no samples is NaN).
-            let finite = result.as_array().unwrap().iter().any(|r| {
-                r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(f64::is_finite)
-            });
+            let finite = result
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(f64::is_finite));
             if !finite {
                 failures.push(format!("{title}: {expr} (only NaN/Inf: {result})"));
             }
@@ -231,8 +241,17 @@ fn every_dashboard_query_returns_data_from_a_native_mesh() {
     // Every required panel is there.
     let titles: Vec<String> = exprs.iter().map(|(t, _)| t.to_lowercase()).collect();
     for want in [
-        "model selection", "p50 / p95 / p99", "tokens/s", "first token", "cache hit", "rate-limited", "fallbacks",
-        "backend errors", "request rate", "cpu", "gpu utilization",
+        "model selection",
+        "p50 / p95 / p99",
+        "tokens/s",
+        "first token",
+        "cache hit",
+        "rate-limited",
+        "fallbacks",
+        "backend errors",
+        "request rate",
+        "cpu",
+        "gpu utilization",
     ] {
         assert!(titles.iter().any(|t| t.contains(want)), "no panel about {want:?}");
     }

@@ -90,13 +90,17 @@ fn up_serves_restarts_and_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(!process_alive(old));
-    wait_for(&format!("http://127.0.0.1:{m1_port}/health"), Duration::from_secs(180), "the restarted m1", |s, _| s == 200);
+    wait_for(&format!("http://127.0.0.1:{m1_port}/health"), Duration::from_secs(180), "the restarted m1", |s, _| {
+        s == 200
+    });
     assert!(process_alive(new));
 
     // SIGTERM: every child stops, the launcher exits 0.
     let (_, all) = pids(&launcher.output());
     launcher.signal(libc::SIGTERM);
-    let status = launcher.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("launcher did not exit:\n{}", launcher.output()));
+    let status = launcher
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("launcher did not exit:\n{}", launcher.output()));
     assert!(status.success(), "launcher exit status {status}:\n{}", launcher.output());
     std::thread::sleep(Duration::from_millis(300));
     let alive: Vec<u32> = all.iter().copied().filter(|p| process_alive(*p)).collect();
@@ -107,7 +111,10 @@ fn up_serves_restarts_and_stops_cleanly() {
     }
     let out = launcher.output();
     assert!(out.contains("all services stopped"), "{out}");
-    assert!(out.contains("[m1] ") && out.contains("[router] "), "child output is not prefixed with the service id:\n{out}");
+    assert!(
+        out.contains("[m1] ") && out.contains("[router] "),
+        "child output is not prefixed with the service id:\n{out}"
+    );
 }
 
 fn which_redis() -> bool {

@@ -59,9 +59,11 @@ pub async fn reload_model(State(st): State<Arc<AppState>>, headers: HeaderMap) -
         Ok(Ok(status)) => Json(json!({ "reloaded": true, "model": status })).into_response(),
         Ok(Err(e)) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(ErrorBody::new("model_invalid", &format!("{e}; the previous model keeps serving"))),
+            Json(ErrorBody::new("model_invalid", format!("{e}; the previous model keeps serving"))),
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(ErrorBody::new("internal_error", &e.to_string()))).into_response(),
+        Err(e) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(ErrorBody::new("internal_error", e.to_string()))).into_response()
+        }
     }
 }

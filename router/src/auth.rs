@@ -77,8 +77,9 @@ impl ApiKeys {
         let mut by_hash = HashMap::new();
         for e in file.key {
             let mut hash = [0u8; 32];
-            hex::decode_to_slice(e.sha256.trim(), &mut hash)
-                .map_err(|_| invalid(format!("key {:?}: sha256 must be 64 hex digits (printf %s \"$KEY\" | sha256sum)", e.name)))?;
+            hex::decode_to_slice(e.sha256.trim(), &mut hash).map_err(|_| {
+                invalid(format!("key {:?}: sha256 must be 64 hex digits (printf %s \"$KEY\" | sha256sum)", e.name))
+            })?;
             let limit = match (e.rps, e.burst) {
                 (None, None) => None,
                 (Some(rps), burst) if rps >= 0.0 && rps.is_finite() => {
@@ -129,7 +130,9 @@ pub async fn require_key(State(st): State<Arc<AppState>>, req: Request, next: Ne
     let (code, message) = match api_key(req.headers()) {
         Some(k) if keys.check(k).is_some() => return next.run(req).await,
         Some(_) => ("invalid_api_key", "the API key is not accepted"),
-        None => ("missing_api_key", "this router needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>"),
+        None => {
+            ("missing_api_key", "this router needs an API key: send Authorization: Bearer <key> or X-API-Key: <key>")
+        }
     };
     st.metrics.requests.with_label_values(&["401"]).inc();
     let mut resp = (StatusCode::UNAUTHORIZED, Json(ErrorBody::new(code, message))).into_response();

@@ -71,7 +71,13 @@ pub fn normalize_prompt(prompt: &str, chat: bool) -> String {
 /// The cache key: SHA-256 over the backend call (path and body: prompt and every sampling field),
 /// the routing inputs (`prefer_backend`, forced model) and the tenant whose entries these are
 /// (`None`: shared by every caller), hex-encoded.
-pub fn cache_key(upstream_path: &str, upstream_body: &[u8], preference: &str, model: Option<&str>, tenant: Option<&str>) -> String {
+pub fn cache_key(
+    upstream_path: &str,
+    upstream_body: &[u8],
+    preference: &str,
+    model: Option<&str>,
+    tenant: Option<&str>,
+) -> String {
     let mut h = Sha256::new();
     h.update(b"polyllm-cache-v1\0");
     if let Some(t) = tenant {
@@ -138,10 +144,8 @@ impl ResponseCache for RedisCache {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Arc<CachedAnswer>>, CacheError>> {
         Box::pin(async move {
             let k = self.key(key);
-            let raw: Option<Vec<u8>> = self
-                .conn
-                .run(|mut c| async move { redis::cmd("GET").arg(&k).query_async(&mut c).await })
-                .await?;
+            let raw: Option<Vec<u8>> =
+                self.conn.run(|mut c| async move { redis::cmd("GET").arg(&k).query_async(&mut c).await }).await?;
             match raw {
                 None => Ok(None),
                 Some(bytes) => Ok(Some(Arc::new(serde_json::from_slice(&bytes)?))),
@@ -154,7 +158,9 @@ impl ResponseCache for RedisCache {
             let v = serde_json::to_vec(&*answer)?;
             let ttl = self.ttl_secs;
             self.conn
-                .run(|mut c| async move { redis::cmd("SET").arg(&k).arg(v).arg("EX").arg(ttl).query_async::<()>(&mut c).await })
+                .run(|mut c| async move {
+                    redis::cmd("SET").arg(&k).arg(v).arg("EX").arg(ttl).query_async::<()>(&mut c).await
+                })
                 .await?;
             Ok(())
         })

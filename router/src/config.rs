@@ -15,7 +15,11 @@ pub enum PolicyKind {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "router", version, about = "One endpoint for the polyllm mesh: cache, rate limits, routing, fallback.")]
+#[command(
+    name = "router",
+    version,
+    about = "One endpoint for the polyllm mesh: cache, rate limits, routing, fallback."
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
@@ -223,7 +227,21 @@ mod tests {
     fn flags_are_consistent_and_have_env_fallbacks() {
         Config::command().debug_assert();
         let help = Config::command().render_long_help().to_string();
-        for env in ["BACKENDS", "REDIS_URL", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "CACHE_TTL_SECS", "UI_DIR", "ROUTER_MODEL", "EMBEDDER_DIR", "ADMIN_TOKEN", "MAX_CONNECTIONS", "HEADER_READ_TIMEOUT_MS", "BODY_READ_TIMEOUT_MS", "MAX_HEADER_BYTES"] {
+        for env in [
+            "BACKENDS",
+            "REDIS_URL",
+            "RATE_LIMIT_RPS",
+            "RATE_LIMIT_BURST",
+            "CACHE_TTL_SECS",
+            "UI_DIR",
+            "ROUTER_MODEL",
+            "EMBEDDER_DIR",
+            "ADMIN_TOKEN",
+            "MAX_CONNECTIONS",
+            "HEADER_READ_TIMEOUT_MS",
+            "BODY_READ_TIMEOUT_MS",
+            "MAX_HEADER_BYTES",
+        ] {
             assert!(help.contains(env), "{env} missing from --help");
         }
     }
@@ -239,4 +257,3 @@ mod tests {
         assert_eq!(c.policy, PolicyKind::Latency);
     }
 }
-

@@ -18,8 +18,8 @@ use polyllm_common::router_model::{RouterModelMeta, META_FILE, MODEL_FILE};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use polyllm_common::gbdt::Predictor;
 use crate::policy::{BaselinePolicy, Candidate, Decision, PolicyError, Preference, RoutingContext, RoutingPolicy};
+use polyllm_common::gbdt::Predictor;
 
 /// How many of the largest feature contributions the route event carries.
 pub const TOP_CONTRIBUTIONS: usize = 6;
@@ -76,15 +76,13 @@ impl RouterModel {
             )));
         }
         if booster.classes() != meta.classes.len() {
-            return Err(invalid(format!("{MODEL_FILE} has {} classes, meta.json names {}", booster.classes(), meta.classes.len())));
+            return Err(invalid(format!(
+                "{MODEL_FILE} has {} classes, meta.json names {}",
+                booster.classes(),
+                meta.classes.len()
+            )));
         }
-        Ok(RouterModel {
-            booster,
-            meta,
-            dir: dir.to_path_buf(),
-            stamp: before,
-            loaded_at: SystemTime::now(),
-        })
+        Ok(RouterModel { booster, meta, dir: dir.to_path_buf(), stamp: before, loaded_at: SystemTime::now() })
     }
 
     /// Class probabilities and per-class contributions of one feature row.
@@ -218,7 +216,9 @@ impl LearnedPolicy {
                 let p2 = p.clone();
                 match tokio::task::spawn_blocking(move || p2.reload()).await {
                     Ok(Ok(_)) => tracing::info!("router model changed on disk: reloaded"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "router model changed on disk but did not load; keeping the old one"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "router model changed on disk but did not load; keeping the old one")
+                    }
                     Err(e) => tracing::error!(error = %e, "router model reload panicked"),
                 }
             }
@@ -238,10 +238,7 @@ impl LearnedPolicy {
 
 /// The least busy candidate serving `model`.
 fn pick<'a>(candidates: &'a [Candidate], model: &str) -> Option<&'a Candidate> {
-    candidates
-        .iter()
-        .filter(|c| &*c.model == model)
-        .min_by(|a, b| a.in_flight.cmp(&b.in_flight).then(a.id.cmp(&b.id)))
+    candidates.iter().filter(|c| &*c.model == model).min_by(|a, b| a.in_flight.cmp(&b.in_flight).then(a.id.cmp(&b.id)))
 }
 
 fn signed(v: f64) -> String {
@@ -261,7 +258,12 @@ impl RoutingPolicy for LearnedPolicy {
         self.featurizer.is_some() && self.model.load().is_some()
     }
 
-    fn decide(&self, ctx: &RoutingContext<'_>, candidates: &[Candidate], pref: Preference) -> Result<Decision, PolicyError> {
+    fn decide(
+        &self,
+        ctx: &RoutingContext<'_>,
+        candidates: &[Candidate],
+        pref: Preference,
+    ) -> Result<Decision, PolicyError> {
         let (Some(f), Some(model)) = (&self.featurizer, self.current()) else {
             return self.baseline.decide(ctx, candidates, pref);
         };
@@ -333,7 +335,8 @@ impl RoutingPolicy for LearnedPolicy {
         if !factors.is_empty() {
             reason.push_str(&format!("; top factors: {}", factors.join(", ")));
         }
-        let features: BTreeMap<String, f64> = row.names.iter().cloned().zip(row.values.iter().map(|v| *v as f64)).collect();
+        let features: BTreeMap<String, f64> =
+            row.names.iter().cloned().zip(row.values.iter().map(|v| *v as f64)).collect();
 
         Ok(Decision {
             backend: chosen.id.clone(),
@@ -369,7 +372,8 @@ mod tests {
         for f in [MODEL_FILE, META_FILE] {
             std::fs::copy(committed_model().join(f), dir.path().join(f)).unwrap();
         }
-        let policy = LearnedPolicy::new(dir.path(), Path::new("/nonexistent"), BaselinePolicy { kind: PolicyKind::Smallest });
+        let policy =
+            LearnedPolicy::new(dir.path(), Path::new("/nonexistent"), BaselinePolicy { kind: PolicyKind::Smallest });
         let good = policy.status();
         assert!(good.loaded && good.error.is_none(), "{good:?}");
         let text = std::fs::read_to_string(committed_model().join(MODEL_FILE)).unwrap();
@@ -384,7 +388,8 @@ mod tests {
             assert!(now.error.as_deref().is_some_and(|m| m.contains(MODEL_FILE)), "{now:?}");
         }
         // At start, a broken model is a clear error and the baseline routes.
-        let fresh = LearnedPolicy::new(dir.path(), Path::new("/nonexistent"), BaselinePolicy { kind: PolicyKind::Smallest });
+        let fresh =
+            LearnedPolicy::new(dir.path(), Path::new("/nonexistent"), BaselinePolicy { kind: PolicyKind::Smallest });
         let st = fresh.status();
         assert!(!st.loaded && st.error.as_deref().is_some_and(|m| m.contains("model.txt")), "{st:?}");
     }

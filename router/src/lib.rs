@@ -27,8 +27,8 @@ pub mod server;
 pub mod state;
 pub mod validation;
 
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(

@@ -53,8 +53,10 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let request_buckets = vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
-        let routing_buckets = vec![0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.05];
+        let request_buckets =
+            vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+        let routing_buckets =
+            vec![0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.05];
         let ttft = HistogramVec::new(
             HistogramOpts::new("router_ttft_seconds", "Time to the first token, as seen by the router, per backend")
                 .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
@@ -89,17 +91,36 @@ impl Metrics {
             backend_errors: counter_vec(&r, "router_backend_errors_total", "Failed attempts per backend", &["backend"]),
             fallbacks: counter_vec(&r, "router_fallbacks_total", "Moves to the next candidate, by cause", &["reason"]),
             redis_errors: counter(&r, "router_redis_errors_total", "Redis commands that failed or timed out"),
-            backend_healthy: gauge_vec(&r, "router_backend_healthy", "1 when the backend passes its health check", &["backend"]),
-            backend_in_flight: gauge_vec(&r, "router_backend_in_flight", "Requests in flight per backend", &["backend"]),
-            reqlog_dropped: counter(&r, "router_response_log_dropped_total", "Response-log records dropped (writer behind)"),
+            backend_healthy: gauge_vec(
+                &r,
+                "router_backend_healthy",
+                "1 when the backend passes its health check",
+                &["backend"],
+            ),
+            backend_in_flight: gauge_vec(
+                &r,
+                "router_backend_in_flight",
+                "Requests in flight per backend",
+                &["backend"],
+            ),
+            reqlog_dropped: counter(
+                &r,
+                "router_response_log_dropped_total",
+                "Response-log records dropped (writer behind)",
+            ),
             connections_open: {
                 let g = IntGauge::new("router_connections_open", "Client connections open now").expect("metric");
                 r.register(Box::new(g.clone())).expect("register");
                 g
             },
-            connections_refused: counter(&r, "router_connections_refused_total", "Connections refused (503) because --max-connections were open"),
+            connections_refused: counter(
+                &r,
+                "router_connections_refused_total",
+                "Connections refused (503) because --max-connections were open",
+            ),
             log_dropped: {
-                let g = IntGauge::new("router_log_lines_dropped", "Log lines dropped since start (log writer behind)").expect("metric");
+                let g = IntGauge::new("router_log_lines_dropped", "Log lines dropped since start (log writer behind)")
+                    .expect("metric");
                 r.register(Box::new(g.clone())).expect("register");
                 g
             },
@@ -144,7 +165,12 @@ mod tests {
         assert!(!m.render().contains("router_ttft_seconds_count{backend=\"m1\"}"));
         m.init_backends(["m1", "m2"]);
         let text = m.render();
-        for line in ["router_ttft_seconds_count{backend=\"m1\"} 0", "router_ttft_seconds_count{backend=\"m2\"} 0", "router_backend_errors_total{backend=\"m2\"} 0", "router_backend_in_flight{backend=\"m1\"} 0"] {
+        for line in [
+            "router_ttft_seconds_count{backend=\"m1\"} 0",
+            "router_ttft_seconds_count{backend=\"m2\"} 0",
+            "router_backend_errors_total{backend=\"m2\"} 0",
+            "router_backend_in_flight{backend=\"m1\"} 0",
+        ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
     }

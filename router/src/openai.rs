@@ -342,7 +342,9 @@ impl Fmt {
                 true
             }
             None => {
-                buf.extend_from_slice(&self.error(&ErrorBody::new("internal_error", "the relay ended without an answer")));
+                buf.extend_from_slice(
+                    &self.error(&ErrorBody::new("internal_error", "the relay ended without an answer")),
+                );
                 true
             }
         }
@@ -355,7 +357,9 @@ impl Fmt {
                 "chat.completion",
                 json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": fin}),
             ),
-            Kind::Completion => ("text_completion", json!({"index": 0, "text": text, "logprobs": null, "finish_reason": fin})),
+            Kind::Completion => {
+                ("text_completion", json!({"index": 0, "text": text, "logprobs": null, "finish_reason": fin}))
+            }
         };
         json!({
             "id": self.id, "object": object, "created": self.created, "model": route.model,
@@ -366,7 +370,9 @@ impl Fmt {
 
 fn routed_headers(mut resp: Response, route: &RouteEvent) -> Response {
     let h = resp.headers_mut();
-    for (name, v) in [("x-routed-model", &route.model), ("x-routed-backend", &route.backend), ("x-routed-device", &route.device)] {
+    for (name, v) in
+        [("x-routed-model", &route.model), ("x-routed-backend", &route.backend), ("x-routed-device", &route.device)]
+    {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(HeaderName::from_static(name), v);
         }
@@ -374,7 +380,13 @@ fn routed_headers(mut resp: Response, route: &RouteEvent) -> Response {
     resp
 }
 
-async fn serve(st: Arc<AppState>, peer: SocketAddr, headers: HeaderMap, body: Result<Bytes, BytesRejection>, kind: Kind) -> Response {
+async fn serve(
+    st: Arc<AppState>,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    kind: Kind,
+) -> Response {
     let adm = match pipeline::admit(&st, &headers, peer).await {
         Ok(a) => a,
         Err(resp) => return resp,
@@ -420,7 +432,9 @@ async fn serve(st: Arc<AppState>, peer: SocketAddr, headers: HeaderMap, body: Re
                     sse_headers(&mut r);
                     routed_headers(r, &route)
                 }
-                Out::Done(c) if !stream => routed_headers(axum::Json(fmt.whole(&c.text, &c.done, &c.route)).into_response(), &c.route),
+                Out::Done(c) if !stream => {
+                    routed_headers(axum::Json(fmt.whole(&c.text, &c.done, &c.route)).into_response(), &c.route)
+                }
                 _ => ApiError::Internal("unexpected relay message".into()).into_response(),
             };
             decorate(resp, &adm, false)
@@ -471,10 +485,15 @@ pub async fn completions(
 /// `GET /v1/models`: `auto`, every model name, every backend id.
 pub async fn models(State(st): State<Arc<AppState>>) -> Response {
     let mut by_model: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let mut data = vec![json!({"id": "auto", "object": "model", "created": 0, "owned_by": "polyllm", "description": "routed by the router's policy"})];
+    let mut data = vec![
+        json!({"id": "auto", "object": "model", "created": 0, "owned_by": "polyllm", "description": "routed by the router's policy"}),
+    ];
     for b in st.registry.all() {
         let live = b.live();
-        by_model.entry(live.model.to_string()).or_default().push(json!({"id": &*b.id, "device": &*live.device, "healthy": b.is_healthy()}));
+        by_model
+            .entry(live.model.to_string())
+            .or_default()
+            .push(json!({"id": &*b.id, "device": &*live.device, "healthy": b.is_healthy()}));
     }
     for (model, backends) in &by_model {
         data.push(json!({"id": model, "object": "model", "created": 0, "owned_by": "polyllm", "backends": backends}));

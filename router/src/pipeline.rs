@@ -35,7 +35,10 @@ pub struct Hit {
 pub enum Started {
     Hit(Box<Hit>),
     /// The relay is running; `first` is its first message (never an error).
-    Live { first: Out, rx: mpsc::Receiver<Out> },
+    Live {
+        first: Out,
+        rx: mpsc::Receiver<Out>,
+    },
 }
 
 /// A 128-bit request id as 32 hex digits: a random per-process key (one `getrandom` at start)
@@ -134,7 +137,12 @@ pub fn prompt_hash(prompt: &str) -> String {
 }
 
 /// Cache lookup, routing and the start of the relay.
-pub async fn start(st: &Arc<AppState>, adm: &Admitted, req: RouterRequest, prompt_hash: String) -> Result<Started, ApiError> {
+pub async fn start(
+    st: &Arc<AppState>,
+    adm: &Admitted,
+    req: RouterRequest,
+    prompt_hash: String,
+) -> Result<Started, ApiError> {
     let path = req.protocol.path();
     let key = match &st.cache {
         Some(_) if cacheable(req.temp, req.seed, st.config.default_temp) => {

@@ -209,7 +209,12 @@ impl RoutingPolicy for BaselinePolicy {
         }
     }
 
-    fn decide(&self, _ctx: &RoutingContext<'_>, candidates: &[Candidate], _pref: Preference) -> Result<Decision, PolicyError> {
+    fn decide(
+        &self,
+        _ctx: &RoutingContext<'_>,
+        candidates: &[Candidate],
+        _pref: Preference,
+    ) -> Result<Decision, PolicyError> {
         let order = self.rank(candidates);
         let best = &candidates[*order.first().ok_or(PolicyError::NoCandidate)?];
         let reason = match self.kind {
@@ -219,7 +224,9 @@ impl RoutingPolicy for BaselinePolicy {
                 human_params(model_params(&best.model))
             ),
             PolicyKind::Latency => match best.ttft_ms {
-                Some(t) => format!("baseline: lowest recent latency ({t:.0} ms to first token, {} in flight)", best.in_flight),
+                Some(t) => {
+                    format!("baseline: lowest recent latency ({t:.0} ms to first token, {} in flight)", best.in_flight)
+                }
                 None => "baseline: lowest recent latency (no sample yet for this backend)".to_string(),
             },
         };
@@ -419,7 +426,10 @@ mod tests {
         assert_eq!(ids(&p), ["m3", "m4"]);
         let p = plan(&pol, &reg, &ctx(), Preference::Auto, Some("m4"), Some("m1")).unwrap();
         assert_eq!(ids(&p), ["m4"], "a forced model never falls back to another");
-        assert!(matches!(plan(&pol, &reg, &ctx(), Preference::Auto, Some("nope"), None), Err(ApiError::ModelNotFound(_))));
+        assert!(matches!(
+            plan(&pol, &reg, &ctx(), Preference::Auto, Some("nope"), None),
+            Err(ApiError::ModelNotFound(_))
+        ));
         assert!(matches!(plan(&pol, &reg, &ctx(), Preference::Auto, Some("m5"), None), Err(ApiError::NoBackend(_))));
 
         let p = plan(&pol, &reg, &ctx(), Preference::Gpu, None, Some("gemma-3-270m")).unwrap();

@@ -139,8 +139,17 @@ impl Decoder {
         Decoder { protocol, finish: None, usage: None }
     }
 
-    fn decode(&mut self, ev: SseEvent, backend: &Backend, first: Option<Instant>, start: Instant, pieces: usize) -> UpEvent {
-        let malformed = |what: &str, e: serde_json::Error| UpEvent::Error(ErrorBody::new("backend_error", format!("malformed {what} event from backend: {e}")));
+    fn decode(
+        &mut self,
+        ev: SseEvent,
+        backend: &Backend,
+        first: Option<Instant>,
+        start: Instant,
+        pieces: usize,
+    ) -> UpEvent {
+        let malformed = |what: &str, e: serde_json::Error| {
+            UpEvent::Error(ErrorBody::new("backend_error", format!("malformed {what} event from backend: {e}")))
+        };
         match self.protocol {
             Protocol::Generate => match ev.event.as_str() {
                 "token" => match serde_json::from_str::<TokenEvent>(&ev.data) {
@@ -321,7 +330,13 @@ pub async fn relay(st: Arc<AppState>, job: Job, tx: mpsc::Sender<Out>) {
     let _ = tx.send(Out::Error { status, body }).await;
 }
 
-async fn attempt(st: &AppState, job: &Job, backend: &Arc<Backend>, route: Arc<RouteEvent>, tx: &mpsc::Sender<Out>) -> Attempt {
+async fn attempt(
+    st: &AppState,
+    job: &Job,
+    backend: &Arc<Backend>,
+    route: Arc<RouteEvent>,
+    tx: &mpsc::Sender<Out>,
+) -> Attempt {
     let _in_flight = backend.begin(&st.metrics);
     let start = Instant::now();
     let deadline = tokio::time::Instant::from_std(start + st.config.first_token_timeout());
@@ -345,7 +360,12 @@ async fn attempt(st: &AppState, job: &Job, backend: &Arc<Backend>, route: Arc<Ro
         r = timeout_at(deadline, send) => r,
     };
     let resp = match sent {
-        Err(_) => return Attempt::Next { reason: "first_token_timeout", detail: "no response before the first-token timeout".into() },
+        Err(_) => {
+            return Attempt::Next {
+                reason: "first_token_timeout",
+                detail: "no response before the first-token timeout".into(),
+            }
+        }
         Ok(Err(e)) => {
             let detail = format!("cannot reach {}: {}", backend.url, error_chain(&e));
             if e.is_connect() {
@@ -410,9 +430,14 @@ async fn attempt(st: &AppState, job: &Job, backend: &Arc<Backend>, route: Arc<Ro
                 return fail_after(format!("backend {} sent nothing for {} ms", backend.id, st.config.token_timeout_ms))
             }
             Ok(None) | Ok(Some(Err(_))) if !sent => {
-                return Attempt::Next { reason: "stream_ended", detail: "the stream ended before the answer was complete".into() }
+                return Attempt::Next {
+                    reason: "stream_ended",
+                    detail: "the stream ended before the answer was complete".into(),
+                }
             }
-            Ok(None) => return fail_after(format!("backend {} ended the stream before the answer was complete", backend.id)),
+            Ok(None) => {
+                return fail_after(format!("backend {} ended the stream before the answer was complete", backend.id))
+            }
             Ok(Some(Err(e))) => return fail_after(format!("backend {} stream broke: {}", backend.id, error_chain(&e))),
             Ok(Some(Ok(c))) => c,
         };
@@ -465,7 +490,11 @@ async fn attempt(st: &AppState, job: &Job, backend: &Arc<Backend>, route: Arc<Ro
 }
 
 fn fail_after(message: String) -> Attempt {
-    Attempt::Fail { status: StatusCode::BAD_GATEWAY, body: ErrorBody::new("backend_error", message), after_tokens: true }
+    Attempt::Fail {
+        status: StatusCode::BAD_GATEWAY,
+        body: ErrorBody::new("backend_error", message),
+        after_tokens: true,
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -8,9 +8,9 @@ use axum::http::HeaderMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use ipnet::IpNet;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -148,8 +148,14 @@ impl Identifier {
 pub enum Verdict {
     /// No limit applies.
     Unlimited,
-    Allowed { limit: u32, remaining: u32 },
-    Limited { limit: u32, retry_after: Duration },
+    Allowed {
+        limit: u32,
+        remaining: u32,
+    },
+    Limited {
+        limit: u32,
+        retry_after: Duration,
+    },
 }
 
 /// Token bucket on Redis time: refill, take one if there is one, store, expire when full again.

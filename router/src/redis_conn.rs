@@ -34,7 +34,13 @@ pub struct RedisConn {
 
 impl RedisConn {
     /// Sets up the connection without connecting: a router starts even when Redis is down.
-    pub fn new(url: &str, prefix: &str, timeout: Duration, retry: Duration, metrics: Arc<Metrics>) -> Result<Self, RedisError> {
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        retry: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RedisError> {
         let client = redis::Client::open(url)?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))

@@ -116,11 +116,11 @@ impl ReqLog {
     pub fn start(dir: &Path, max_bytes: u64, with_text: bool, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let (tx, rx) = sync_channel(QUEUE);
-        let mut writer = Writer { dir: dir.to_path_buf(), max_bytes: max_bytes.max(1024), file: None, written: 0, seq: 0 };
+        let mut writer =
+            Writer { dir: dir.to_path_buf(), max_bytes: max_bytes.max(1024), file: None, written: 0, seq: 0 };
         writer.rotate()?;
-        let thread = std::thread::Builder::new()
-            .name("response-log".into())
-            .spawn(move || writer.run(rx, with_text))?;
+        let thread =
+            std::thread::Builder::new().name("response-log".into()).spawn(move || writer.run(rx, with_text))?;
         Ok(ReqLog { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), metrics })
     }
 
@@ -232,7 +232,10 @@ mod tests {
 
     #[test]
     fn time_format() {
-        assert_eq!(rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123)), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123)),
+            "2023-11-14T22:13:20.123Z"
+        );
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
     }
@@ -251,11 +254,14 @@ mod tests {
         let mut lines = Vec::new();
         for f in &files {
             assert!(std::fs::metadata(f).unwrap().len() <= 1024);
-            lines.extend(std::fs::read_to_string(f).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+            lines
+                .extend(std::fs::read_to_string(f).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
         }
         assert_eq!(lines.len(), 10);
         let v = &lines[0];
-        for k in ["request_id", "time", "prompt", "params", "model", "backend", "text", "ttft_ms", "latency_ms", "tokens"] {
+        for k in
+            ["request_id", "time", "prompt", "params", "model", "backend", "text", "ttft_ms", "latency_ms", "tokens"]
+        {
             assert!(v.get(k).is_some(), "missing {k}: {v}");
         }
         assert_eq!(v["params"]["max_tokens"], 4);

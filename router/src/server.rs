@@ -46,9 +46,7 @@ pub fn router(st: Arc<AppState>) -> Router {
     }
     let cors = cors_layer(&st.config.cors_origins);
     // Every route's body is read within the deadline and the size limit before its handler runs.
-    let api = api
-        .layer(axum::middleware::from_fn_with_state(body_limits, crate::bounds::body_deadline))
-        .with_state(st);
+    let api = api.layer(axum::middleware::from_fn_with_state(body_limits, crate::bounds::body_deadline)).with_state(st);
     let api = match cors {
         Some(c) => api.layer(c),
         None => api,
@@ -168,6 +166,7 @@ async fn last_request_stats(
     let id = st.limiter.identifier.identify(&headers, peer);
     match st.last_request(&id) {
         Some(v) => Json(&*v).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(ErrorBody::new("not_found", "no request from this key or address yet"))).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(ErrorBody::new("not_found", "no request from this key or address yet")))
+            .into_response(),
     }
 }

@@ -5,8 +5,8 @@
 use crate::backends::Registry;
 use crate::cache::{MokaCache, RedisCache, ResponseCache};
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::learned::LearnedPolicy;
+use crate::metrics::Metrics;
 use crate::policy::RoutingPolicy;
 use crate::ratelimit::{load_overrides, Identifier, Identity, Limit, RateLimiter};
 use crate::redis_conn::RedisConn;
@@ -128,7 +128,20 @@ impl AppState {
             None => None,
         };
         let last = last_requests(LAST_REQUEST_BYTES);
-        Ok(AppState { config, registry, policy, cache, limiter, redis, metrics, client, reqlog, learned: None, api_keys, last })
+        Ok(AppState {
+            config,
+            registry,
+            policy,
+            cache,
+            limiter,
+            redis,
+            metrics,
+            client,
+            reqlog,
+            learned: None,
+            api_keys,
+            last,
+        })
     }
 
     /// Builds the state with the learned policy (`--router-model`, `--embedder-dir`), which routes

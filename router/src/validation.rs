@@ -70,7 +70,12 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// The checks on sampling fields the model service would make, done before a backend is tied up.
-pub fn check_sampling(max_tokens: Option<u32>, temp: Option<f64>, top_p: Option<f64>, stop: Option<&StopSpec>) -> Result<(), ApiError> {
+pub fn check_sampling(
+    max_tokens: Option<u32>,
+    temp: Option<f64>,
+    top_p: Option<f64>,
+    stop: Option<&StopSpec>,
+) -> Result<(), ApiError> {
     if max_tokens == Some(0) {
         return Err(bad("max_tokens must be at least 1"));
     }

@@ -64,7 +64,11 @@ fn slow_headers_and_idle_connections_are_closed() {
         let mut b = [0u8; 512];
         match s.read(&mut b) {
             Ok(0) => break t0.elapsed(),
-            Ok(n) => assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&b[..n])),
+            Ok(n) => assert!(
+                String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 408"),
+                "{:?}",
+                String::from_utf8_lossy(&b[..n])
+            ),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => break t0.elapsed(),
             Err(_) => {
                 assert!(t0.elapsed() < Duration::from_secs(10), "a slow header block held the connection for 10 s");
@@ -125,7 +129,11 @@ fn connections_over_the_limit_get_503_and_idle_ones_free_their_slots() {
 
 #[test]
 fn huge_headers_and_bodies_and_slow_bodies_get_json_errors() {
-    let (r, _stub) = router(&[("MAX_BODY_BYTES", "65536".into()), ("BODY_READ_TIMEOUT_MS", "1000".into()), ("RATE_LIMIT_RPS", "0".into())]);
+    let (r, _stub) = router(&[
+        ("MAX_BODY_BYTES", "65536".into()),
+        ("BODY_READ_TIMEOUT_MS", "1000".into()),
+        ("RATE_LIMIT_RPS", "0".into()),
+    ]);
     // A 100 KB header: 431 from the HTTP layer, and the router stays up.
     let mut s = connect(r.port);
     let big = "a".repeat(100 * 1024);
@@ -150,11 +158,18 @@ fn huge_headers_and_bodies_and_slow_bodies_get_json_errors() {
 
     // Bodies over the limit, declared or chunked: 413 with a JSON body.
     let huge = format!(r#"{{"prompt": "{}"}}"#, "x".repeat(200 * 1024));
-    let a = http().post(format!("{}/generate", r.url())).header("content-type", "application/json").body(huge.clone()).send().unwrap();
+    let a = http()
+        .post(format!("{}/generate", r.url()))
+        .header("content-type", "application/json")
+        .body(huge.clone())
+        .send()
+        .unwrap();
     assert_eq!(a.status().as_u16(), 413);
     assert_eq!(error_type(&a.text().unwrap()), "request_too_large");
     let mut s = connect(r.port);
-    let mut req = b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut req =
+        b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
     for chunk in huge.as_bytes().chunks(16 * 1024) {
         req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
         req.extend_from_slice(chunk);

@@ -14,7 +14,9 @@ use std::time::Duration;
 /// Math and string prompts with computed answers: short answers keep the debug-build run short.
 fn prompt_set(dir: &Path) -> std::path::PathBuf {
     let mut lines = Vec::new();
-    for (i, (a, b)) in [(2, 3), (7, 5), (12, 4), (9, 9), (15, 6), (21, 3), (8, 8), (30, 12), (14, 7), (5, 11)].iter().enumerate() {
+    for (i, (a, b)) in
+        [(2, 3), (7, 5), (12, 4), (9, 9), (15, 6), (21, 3), (8, 8), (30, 12), (14, 7), (5, 11)].iter().enumerate()
+    {
         let (prompt, answer) = if i % 2 == 0 {
             (format!("What is {a} + {b}? Answer with just the number."), (a + b).to_string())
         } else {
@@ -65,27 +67,66 @@ fn collect_score_train_then_the_router_loads_and_uses_the_model() {
         ),
     )
     .unwrap();
-    let (responses, scores, model) = (tmp.path().join("responses.jsonl"), tmp.path().join("scores.jsonl"), tmp.path().join("model"));
+    let (responses, scores, model) =
+        (tmp.path().join("responses.jsonl"), tmp.path().join("scores.jsonl"), tmp.path().join("model"));
     let s = |p: &Path| p.display().to_string();
 
-    trainer(&["collect", "--prompts", &s(&prompts), "--backends", &s(&catalog), "--models", "m1,m2", "--out", &s(&responses)]);
-    let rows: Vec<Value> = std::fs::read_to_string(&responses).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    trainer(&[
+        "collect",
+        "--prompts",
+        &s(&prompts),
+        "--backends",
+        &s(&catalog),
+        "--models",
+        "m1,m2",
+        "--out",
+        &s(&responses),
+    ]);
+    let rows: Vec<Value> =
+        std::fs::read_to_string(&responses).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 14 * 2, "every prompt answered by both models");
     for r in &rows {
-        for k in ["prompt_id", "model", "backend", "text", "prompt_tokens", "completion_tokens", "ttft_ms", "latency_ms"] {
+        for k in
+            ["prompt_id", "model", "backend", "text", "prompt_tokens", "completion_tokens", "ttft_ms", "latency_ms"]
+        {
             assert!(!r[k].is_null(), "{k} missing in {r}");
         }
     }
     // Resumable: a second run finds everything done and asks nobody.
-    let again = trainer(&["collect", "--prompts", &s(&prompts), "--backends", &s(&catalog), "--models", "m1,m2", "--out", &s(&responses)]);
+    let again = trainer(&[
+        "collect",
+        "--prompts",
+        &s(&prompts),
+        "--backends",
+        &s(&catalog),
+        "--models",
+        "m1,m2",
+        "--out",
+        &s(&responses),
+    ]);
     assert!(again.contains("0 collected, 28 already there"), "{again}");
 
     trainer(&["score", "--prompts", &s(&prompts), "--responses", &s(&responses), "--out", &s(&scores)]);
-    let scored: Vec<Value> = std::fs::read_to_string(&scores).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let scored: Vec<Value> =
+        std::fs::read_to_string(&scores).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(scored.len(), 28);
     assert!(scored.iter().all(|r| (0.0..=1.0).contains(&r["quality"].as_f64().unwrap())));
 
-    trainer(&["train", "--prompts", &s(&prompts), "--scores", &s(&scores), "--out", &s(&model), "--folds", "2", "--test-share", "0.3", "--pca-dims", "3"]);
+    trainer(&[
+        "train",
+        "--prompts",
+        &s(&prompts),
+        "--scores",
+        &s(&scores),
+        "--out",
+        &s(&model),
+        "--folds",
+        "2",
+        "--test-share",
+        "0.3",
+        "--pca-dims",
+        "3",
+    ]);
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(model.join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["classes"], json!(["gemma-3-270m", "qwen2.5-coder-0.5b-instruct"]));
     assert_eq!(meta["fallback_model"], "qwen2.5-coder-0.5b-instruct");
@@ -120,10 +161,16 @@ fn collect_score_train_then_the_router_loads_and_uses_the_model() {
     for f in ["model.txt", "meta.json"] {
         std::fs::copy(model.join(f), live.join(f)).unwrap();
     }
-    wait_for("the router to load the new model", Duration::from_secs(20), || router_model(&r)["model"]["loaded"] == true);
+    wait_for("the router to load the new model", Duration::from_secs(20), || {
+        router_model(&r)["model"]["loaded"] == true
+    });
     assert_eq!(router_model(&r)["policy"], "learned");
 
-    let a = post(&format!("{}/generate", r.url()), r#"{"prompt":"What is 6 + 7? Answer with just the number.","max_tokens":4,"temp":0}"#, &[]);
+    let a = post(
+        &format!("{}/generate", r.url()),
+        r#"{"prompt":"What is 6 + 7? Answer with just the number.","max_tokens":4,"temp":0}"#,
+        &[],
+    );
     assert_eq!(a.status, 200, "{}", a.body);
     let route = a.event("route").unwrap();
     let probs = route["probabilities"].as_object().unwrap();
@@ -173,7 +220,11 @@ fn collect_score_train_then_the_router_loads_and_uses_the_model() {
     let st = router_model(&r);
     assert_eq!(st["model"]["loaded"], true, "{st}");
     assert!(st["model"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{st}");
-    let a = post(&format!("{}/generate", r.url()), r#"{"prompt":"What is 2 + 2? Answer with just the number.","max_tokens":3,"temp":0}"#, &[]);
+    let a = post(
+        &format!("{}/generate", r.url()),
+        r#"{"prompt":"What is 2 + 2? Answer with just the number.","max_tokens":3,"temp":0}"#,
+        &[],
+    );
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.event("route").unwrap()["features"].is_object(), "still the learned policy");
 }
@@ -181,7 +232,8 @@ fn collect_score_train_then_the_router_loads_and_uses_the_model() {
 #[test]
 fn admin_endpoints_do_not_exist_without_a_token() {
     let r = Router::start(&[("m1", "http://127.0.0.1:9".into())], &[], &[]);
-    let resp = http().post(format!("{}/admin/reload_model", r.url())).header("authorization", "Bearer x").send().unwrap();
+    let resp =
+        http().post(format!("{}/admin/reload_model", r.url())).header("authorization", "Bearer x").send().unwrap();
     assert_eq!(resp.status().as_u16(), 404);
     let st = router_model(&r);
     assert_eq!(st["model"]["loaded"], false, "{st}");

@@ -87,7 +87,11 @@ fn body(f: &[(&'static str, Value)], pretty: bool) -> Vec<u8> {
         m.insert(k.to_string(), v.clone());
     }
     let v = Value::Object(m);
-    if pretty { serde_json::to_vec_pretty(&v).unwrap() } else { serde_json::to_vec(&v).unwrap() }
+    if pretty {
+        serde_json::to_vec_pretty(&v).unwrap()
+    } else {
+        serde_json::to_vec(&v).unwrap()
+    }
 }
 
 /// The key the pipeline computes for a `/generate` body.
@@ -147,11 +151,7 @@ async fn hammer(rl: Arc<RateLimiter>, id: Identity, waves: Vec<(usize, u64)>) ->
 }
 
 fn waves() -> impl Strategy<Value = (f64, u32, Vec<(usize, u64)>)> {
-    (
-        prop_oneof![Just(5.0), Just(20.0), Just(50.0)],
-        1u32..8,
-        proptest::collection::vec((1usize..12, 0u64..40), 1..8),
-    )
+    (prop_oneof![Just(5.0), Just(20.0), Just(50.0)], 1u32..8, proptest::collection::vec((1usize..12, 0u64..40), 1..8))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -186,7 +186,13 @@ fn redis_bucket_never_admits_more_than_burst_plus_refill() {
             let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let conn = rt
                 .block_on(async {
-                    RedisConn::new(&redis.url(), "proptest:", Duration::from_millis(500), Duration::from_millis(200), Arc::new(Metrics::new()))
+                    RedisConn::new(
+                        &redis.url(),
+                        "proptest:",
+                        Duration::from_millis(500),
+                        Duration::from_millis(200),
+                        Arc::new(Metrics::new()),
+                    )
                 })
                 .unwrap();
             let rl = Arc::new(RateLimiter::new(Limit { rps, burst }, HashMap::new(), Some(Arc::new(conn))));
@@ -195,7 +201,10 @@ fn redis_bucket_never_admits_more_than_burst_plus_refill() {
             let total: usize = w.iter().map(|(n, _)| n).sum();
             let (admitted, elapsed) = rt.block_on(hammer(rl, id, w));
             let bound = burst as f64 + rps * elapsed.as_secs_f64();
-            prop_assert!(admitted as f64 <= bound, "{admitted} admitted > {bound:.2} (burst {burst}, {rps}/s over {elapsed:?})");
+            prop_assert!(
+                admitted as f64 <= bound,
+                "{admitted} admitted > {bound:.2} (burst {burst}, {rps}/s over {elapsed:?})"
+            );
             prop_assert!(admitted >= (burst as usize).min(total));
             Ok(())
         })

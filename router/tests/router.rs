@@ -86,7 +86,12 @@ fn serves_the_ui_health_models_and_metrics() {
     let m = c.get(format!("{}/metrics", r.url())).send().unwrap();
     assert!(m.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = m.text().unwrap();
-    for name in ["router_cache_hits_total", "router_rate_limited_total", "router_redis_errors_total", "router_cache_misses_total"] {
+    for name in [
+        "router_cache_hits_total",
+        "router_rate_limited_total",
+        "router_redis_errors_total",
+        "router_cache_misses_total",
+    ] {
         assert!(text.contains(name), "{name} missing");
     }
     let last = c.get(format!("{}/last_request_stats", r.url())).send().unwrap();
@@ -138,7 +143,8 @@ fn cache_miss_then_hit_without_touching_the_backend() {
     assert_eq!(hit.text(), text, "a hit returns the identical text");
     assert_eq!(hit.event("route").unwrap()["cache"], "hit");
     assert_eq!(hit.event("done").unwrap()["cache"], "hit");
-    let whole = post(&gen_url(&r), r#"{"prompt":"The capital of France is","max_tokens":8,"temp":0,"stream":false}"#, &[]);
+    let whole =
+        post(&gen_url(&r), r#"{"prompt":"The capital of France is","max_tokens":8,"temp":0,"stream":false}"#, &[]);
     assert_eq!(whole.header("x-cache").as_deref(), Some("HIT"));
     assert_eq!(whole.json()["text"].as_str(), Some(text.as_str()));
     assert_eq!(whole.json()["route"]["backend"], "m1");
@@ -173,7 +179,10 @@ fn cache_miss_then_hit_without_touching_the_backend() {
     assert!(m1["latency_ms"].as_f64().unwrap() > 0.0, "{m1}");
     assert_eq!(m1["in_flight"], 0);
     let m = r.metrics();
-    assert!(metric_sum(&m, "router_model_selected_total{backend=\"m1\",device=\"cpu\",model=\"gemma-3-270m\"}") >= 4.0, "{m}");
+    assert!(
+        metric_sum(&m, "router_model_selected_total{backend=\"m1\",device=\"cpu\",model=\"gemma-3-270m\"}") >= 4.0,
+        "{m}"
+    );
     assert!(metric_sum(&m, "router_request_latency_seconds_count") >= 8.0);
     assert!(metric_sum(&m, "router_routing_latency_seconds_count") >= 4.0);
 
@@ -223,7 +232,8 @@ const PRIMED: &str = r#"{"prompt":"Rate limits keep","max_tokens":2,"temp":0}"#;
 /// A rate-limit overrides file naming `keys` (only named keys get a bucket of their own), each
 /// with the given limit, plus `extra` entries as JSON.
 fn known_keys(dir: &std::path::Path, keys: &[&str], rps: f64, burst: u32, extra: &str) -> String {
-    let mut entries: Vec<String> = keys.iter().map(|k| format!(r#""{k}": {{"rps": {rps}, "burst": {burst}}}"#)).collect();
+    let mut entries: Vec<String> =
+        keys.iter().map(|k| format!(r#""{k}": {{"rps": {rps}, "burst": {burst}}}"#)).collect();
     if !extra.is_empty() {
         entries.push(extra.to_string());
     }
@@ -269,7 +279,8 @@ fn rate_limit_is_exact_under_concurrency_in_process() {
     assert_eq!(count(&burst(std::slice::from_ref(&url), 12, PRIMED, "vip"), 200), 8);
     // A key nobody configured is limited by the client's address: a new random key with each
     // request does not escape the limit.
-    let random: Vec<u16> = (0..7).map(|i| post(&url, PRIMED, &[("x-api-key", &format!("random-{i}"))]).status).collect();
+    let random: Vec<u16> =
+        (0..7).map(|i| post(&url, PRIMED, &[("x-api-key", &format!("random-{i}"))]).status).collect();
     assert_eq!(random.iter().filter(|s| **s == 200).count(), 5, "{random:?}");
     // Without a key the client IP is limited: the same bucket, already empty.
     let by_ip: Vec<u16> = (0..2).map(|_| post(&url, PRIMED, &[]).status).collect();
@@ -395,7 +406,11 @@ fn a_hung_redis_costs_at_most_its_timeout() {
     let slowest = (0..6)
         .map(|_| {
             let t = Instant::now();
-            assert_eq!(post(&url, r#"{"prompt":""}"#, &[]).status, 400, "the limiter refused or failed while Redis hung");
+            assert_eq!(
+                post(&url, r#"{"prompt":""}"#, &[]).status,
+                400,
+                "the limiter refused or failed while Redis hung"
+            );
             t.elapsed()
         })
         .max()
@@ -453,7 +468,11 @@ fn backend_failures_fall_back_or_end_with_an_error_event() {
     // a1 sorts before m1, so with equal models the baseline tries it first.
     let r = Router::start(
         &[("a1", victim.url()), ("m1", b.url())],
-        &[("HEALTH_INTERVAL_MS", "600000".into()), ("FIRST_TOKEN_TIMEOUT_MS", "8000".into()), ("CACHE_TTL_SECS", "0".into())],
+        &[
+            ("HEALTH_INTERVAL_MS", "600000".into()),
+            ("FIRST_TOKEN_TIMEOUT_MS", "8000".into()),
+            ("CACHE_TTL_SECS", "0".into()),
+        ],
         &["a1", "m1"],
     );
     let url = gen_url(&r);
@@ -510,7 +529,9 @@ fn prefer_backend_filters_by_device_and_falls_back_to_cpu() {
         &["m1", "g1"],
     );
     let url = gen_url(&r);
-    let on = |pref: &str| post(&url, &format!(r#"{{"prompt":"Pick a device","max_tokens":2,"temp":0,"prefer_backend":"{pref}"}}"#), &[]);
+    let on = |pref: &str| {
+        post(&url, &format!(r#"{{"prompt":"Pick a device","max_tokens":2,"temp":0,"prefer_backend":"{pref}"}}"#), &[])
+    };
 
     let g = on("gpu");
     assert_eq!(g.status, 200, "{}", g.body);
@@ -527,7 +548,11 @@ fn prefer_backend_filters_by_device_and_falls_back_to_cpu() {
     assert_eq!(a.event("route").unwrap()["backend"], "g1");
 
     // Non-streaming, cpu.
-    let whole = post(&url, r#"{"prompt":"Pick a device, whole","max_tokens":2,"temp":0,"prefer_backend":"cpu","stream":false}"#, &[]);
+    let whole = post(
+        &url,
+        r#"{"prompt":"Pick a device, whole","max_tokens":2,"temp":0,"prefer_backend":"cpu","stream":false}"#,
+        &[],
+    );
     let v = whole.json();
     assert_eq!(v["route"]["backend"], "m1");
     assert_eq!(v["model_id"], "m1");
@@ -562,7 +587,12 @@ fn openai_python_client_works_against_the_router() {
     let script = workspace().join("router/tests/openai_client.py");
     let out = Command::new("python3").arg(&script).arg(format!("{}/v1", r.url())).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "openai client script failed:\n{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), r.proc.log_tail());
+    assert!(
+        out.status.success(),
+        "openai client script failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        r.proc.log_tail()
+    );
     let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(v["ok"], true, "{v}");
     // Chat went to the model with a chat template; plain completions to the smallest model.
@@ -586,10 +616,14 @@ fn prefilling_backend() -> (u16, std::sync::mpsc::Receiver<&'static str>) {
                 let n = c.read(&mut buf).unwrap_or(0);
                 let head = String::from_utf8_lossy(&buf[..n]).to_string();
                 if head.starts_with("GET /health") {
-                    let body = r#"{"status":"ok","model_id":"m1","model":"gemma-3-270m","arch":"gemma3","device":"cpu"}"#;
+                    let body =
+                        r#"{"status":"ok","model_id":"m1","model":"gemma-3-270m","arch":"gemma3","device":"cpu"}"#;
                     let _ = write!(c, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
                 } else if head.starts_with("POST /generate") {
-                    let _ = write!(c, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
+                    let _ = write!(
+                        c,
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                    );
                     let _ = tx.send("started");
                     // Prefilling: nothing to send until the router hangs up.
                     while c.read(&mut buf).is_ok_and(|n| n > 0) {}
@@ -607,16 +641,29 @@ fn prefilling_backend() -> (u16, std::sync::mpsc::Receiver<&'static str>) {
 fn a_client_leaving_during_prefill_is_cancelled_upstream_within_a_second() {
     use std::io::Write;
     let (port, events) = prefilling_backend();
-    let r = Router::start(&[("m1", format!("http://127.0.0.1:{port}"))], &[("FIRST_TOKEN_TIMEOUT_MS", "30000".into())], &["m1"]);
+    let r = Router::start(
+        &[("m1", format!("http://127.0.0.1:{port}"))],
+        &[("FIRST_TOKEN_TIMEOUT_MS", "30000".into())],
+        &["m1"],
+    );
     let body = r#"{"prompt":"a long prompt","max_tokens":8}"#;
     let addr = r.url().trim_start_matches("http://").to_string();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
-    write!(s, "POST /generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(
+        s,
+        "POST /generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     assert_eq!(events.recv_timeout(Duration::from_secs(10)), Ok("started"));
     std::thread::sleep(Duration::from_millis(200));
     drop(s);
     let left = Instant::now();
-    assert_eq!(events.recv_timeout(Duration::from_secs(1)), Ok("closed"), "the router kept the backend busy after the client left");
+    assert_eq!(
+        events.recv_timeout(Duration::from_secs(1)),
+        Ok("closed"),
+        "the router kept the backend busy after the client left"
+    );
     eprintln!("upstream closed {} ms after the client left", left.elapsed().as_millis());
 }
 
@@ -629,14 +676,25 @@ fn every_queue_full_is_a_503_with_retry_after() {
     let r = Router::start(&[("m1", a.url()), ("m2", b.url())], &[], &["m1", "m2"]);
     let long = r#"{"prompt":"Once upon a time","max_tokens":1500,"temp":0,"chat":false}"#;
     let hold = |url: String| {
-        let resp = http().post(format!("{url}/generate")).header("content-type", "application/json").body(long).send().unwrap();
+        let resp = http()
+            .post(format!("{url}/generate"))
+            .header("content-type", "application/json")
+            .body(long)
+            .send()
+            .unwrap();
         assert_eq!(resp.status(), 200, "the backend did not take the long request");
         resp
     };
     let busy = [hold(a.url()), hold(b.url())];
-    wait_for("both slots taken", Duration::from_secs(10), || a.metric("model_in_flight") == 1.0 && b.metric("model_in_flight") == 1.0);
+    wait_for("both slots taken", Duration::from_secs(10), || {
+        a.metric("model_in_flight") == 1.0 && b.metric("model_in_flight") == 1.0
+    });
     let t0 = Instant::now();
-    let ans = post(&format!("{}/generate", r.url()), r#"{"prompt":"Every queue is full","max_tokens":2,"temp":0,"stream":false}"#, &[]);
+    let ans = post(
+        &format!("{}/generate", r.url()),
+        r#"{"prompt":"Every queue is full","max_tokens":2,"temp":0,"stream":false}"#,
+        &[],
+    );
     assert!(t0.elapsed() < Duration::from_secs(5), "the router waited {:?} instead of refusing", t0.elapsed());
     assert_eq!(ans.status, 503, "{}", ans.body);
     assert_eq!(ans.header("retry-after").as_deref(), Some("1"), "no Retry-After on the 503");
@@ -649,7 +707,11 @@ fn every_queue_full_is_a_503_with_retry_after() {
     }
     drop(busy);
     wait_for("a freed slot", Duration::from_secs(5), || a.metric("model_in_flight") == 0.0);
-    let ok = post(&format!("{}/generate", r.url()), r#"{"prompt":"A slot is free again","max_tokens":2,"temp":0,"stream":false}"#, &[]);
+    let ok = post(
+        &format!("{}/generate", r.url()),
+        r#"{"prompt":"A slot is free again","max_tokens":2,"temp":0,"stream":false}"#,
+        &[],
+    );
     assert_eq!(ok.status, 200, "{}", ok.body);
 }
 
@@ -667,7 +729,12 @@ fn a_real_backend_frees_its_slot_within_a_second_of_a_client_leaving_during_pref
     let body = serde_json::json!({ "prompt": prompt, "max_tokens": 8, "temp": 0, "chat": false }).to_string();
     let addr = r.url().trim_start_matches("http://").to_string();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
-    write!(s, "POST /generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(
+        s,
+        "POST /generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let t0 = Instant::now();
     while inf.metric("model_in_flight") != 1.0 {
         if t0.elapsed() > Duration::from_secs(10) {
@@ -675,7 +742,10 @@ fn a_real_backend_frees_its_slot_within_a_second_of_a_client_leaving_during_pref
             s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
             let mut got = vec![0u8; 4096];
             let n = s.read(&mut got).unwrap_or(0);
-            panic!("the backend never started the request; the router answered: {}", String::from_utf8_lossy(&got[..n]));
+            panic!(
+                "the backend never started the request; the router answered: {}",
+                String::from_utf8_lossy(&got[..n])
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -684,6 +754,10 @@ fn a_real_backend_frees_its_slot_within_a_second_of_a_client_leaving_during_pref
     let left = Instant::now();
     wait_for("the backend's slot to be free", Duration::from_secs(1), || inf.metric("model_in_flight") == 0.0);
     eprintln!("backend slot free {} ms after the client left", left.elapsed().as_millis());
-    assert_eq!(inf.metric("model_tokens_generated_total"), 0.0, "the backend finished the prompt and sampled a token for a client that had left");
+    assert_eq!(
+        inf.metric("model_tokens_generated_total"),
+        0.0,
+        "the backend finished the prompt and sampled a token for a client that had left"
+    );
     assert_eq!(inf.metric("model_requests_total{model_id=\"m1\",status=\"cancelled\"}"), 1.0);
 }

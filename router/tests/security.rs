@@ -206,7 +206,9 @@ fn no_text_mode_keeps_prompt_and_answer_out_of_every_log() {
     wait_for("response log lines", std::time::Duration::from_secs(10), || {
         lines = std::fs::read_dir(logs.path())
             .unwrap()
-            .flat_map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().map(String::from).collect::<Vec<_>>())
+            .flat_map(|e| {
+                std::fs::read_to_string(e.unwrap().path()).unwrap().lines().map(String::from).collect::<Vec<_>>()
+            })
             .collect();
         !lines.is_empty()
     });
@@ -216,8 +218,10 @@ fn no_text_mode_keeps_prompt_and_answer_out_of_every_log() {
         assert!(v.get("prompt").is_none() && v.get("text").is_none(), "{l}");
     }
     let router_log = std::fs::read_to_string(&r.proc.log).unwrap();
-    let backend_log = std::env::temp_dir().join(format!("router-test-inference-m1-{}-{}.log", backend.port, std::process::id()));
-    let backend_log = std::fs::read_to_string(&backend_log).unwrap_or_else(|e| panic!("{}: {e}", backend_log.display()));
+    let backend_log =
+        std::env::temp_dir().join(format!("router-test-inference-m1-{}-{}.log", backend.port, std::process::id()));
+    let backend_log =
+        std::fs::read_to_string(&backend_log).unwrap_or_else(|e| panic!("{}: {e}", backend_log.display()));
     for (name, text) in [("response log", lines.join("\n")), ("router log", router_log), ("backend log", backend_log)] {
         assert!(!text.contains(marker), "the prompt is in the {name}");
         assert!(!text.contains(answer.trim()), "the answer {answer:?} is in the {name}");
@@ -254,7 +258,12 @@ fn disconnect_early(base: &str, body: &str) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "POST /generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(
+        s,
+        "POST /generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut buf = [0u8; 64];
     let _ = s.read(&mut buf);
 }
@@ -290,23 +299,37 @@ fn a_canary_prompt_never_reaches_a_log_at_debug_level() {
         for (body, status) in &bad {
             assert_eq!(post(&g, body, &[]).status, *status, "{body:.80}");
         }
-        let a = post(&chat, &serde_json::json!({ "model": canary, "messages": [{"role": "user", "content": prompt}] }).to_string(), &[]);
+        let a = post(
+            &chat,
+            &serde_json::json!({ "model": canary, "messages": [{"role": "user", "content": prompt}] }).to_string(),
+            &[],
+        );
         assert!(a.status >= 400 && a.status < 500, "{}", a.body);
         let a = post(&chat, &serde_json::json!({ "messages": canary }).to_string(), &[]);
         assert_eq!(a.status, 422, "{}", a.body);
         // A request forced onto the dead backend (5xx), and a client that leaves mid-answer.
-        let forced = serde_json::json!({ "prompt": format!("{prompt} again"), "max_tokens": 4, "model": "m0" }).to_string();
+        let forced =
+            serde_json::json!({ "prompt": format!("{prompt} again"), "max_tokens": 4, "model": "m0" }).to_string();
         assert!(post(&g, &forced, &[]).status >= 500);
-        disconnect_early(&r.url(), &serde_json::json!({ "prompt": format!("{prompt} and away"), "max_tokens": 64 }).to_string());
+        disconnect_early(
+            &r.url(),
+            &serde_json::json!({ "prompt": format!("{prompt} and away"), "max_tokens": 64 }).to_string(),
+        );
         std::thread::sleep(std::time::Duration::from_millis(500));
         std::fs::read_to_string(&r.proc.log).unwrap()
     };
     let quiet = run(false);
     assert!(quiet.contains("\"level\":\"DEBUG\""), "the router did not log at debug level");
-    assert!(!quiet.contains(canary), "the canary is in the router's log:\n{}", quiet.lines().filter(|l| l.contains(canary)).collect::<Vec<_>>().join("\n"));
+    assert!(
+        !quiet.contains(canary),
+        "the canary is in the router's log:\n{}",
+        quiet.lines().filter(|l| l.contains(canary)).collect::<Vec<_>>().join("\n")
+    );
     // The model service that answered (and saw the disconnect) does not log it either.
-    let backend_log = std::env::temp_dir().join(format!("router-test-inference-m1-{}-{}.log", backend.port, std::process::id()));
-    let backend_log = std::fs::read_to_string(&backend_log).unwrap_or_else(|e| panic!("{}: {e}", backend_log.display()));
+    let backend_log =
+        std::env::temp_dir().join(format!("router-test-inference-m1-{}-{}.log", backend.port, std::process::id()));
+    let backend_log =
+        std::fs::read_to_string(&backend_log).unwrap_or_else(|e| panic!("{}: {e}", backend_log.display()));
     assert!(!backend_log.contains(canary), "the canary is in the model service's log");
     // The switch is real: with prompt logging on, the validation messages that quote it are logged.
     assert!(run(true).contains(canary), "LOG_PROMPTS=true logged no request text");

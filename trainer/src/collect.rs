@@ -120,7 +120,12 @@ pub fn stops_for(category: Category) -> Vec<String> {
 }
 
 /// Ask one backend for one answer: greedy, non-streaming `/generate` (its stats carry TTFT and latency).
-async fn ask(client: &reqwest::Client, backend: &BackendSpec, p: &PromptRecord, timeout: Duration) -> Result<ResponseRow> {
+async fn ask(
+    client: &reqwest::Client,
+    backend: &BackendSpec,
+    p: &PromptRecord,
+    timeout: Duration,
+) -> Result<ResponseRow> {
     let req = GenerateRequest {
         prompt: p.prompt.clone(),
         max_tokens: Some(p.max_tokens),
@@ -162,7 +167,11 @@ pub async fn check_backends(client: &reqwest::Client, backends: &[BackendSpec]) 
         match r {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => bail!("backend {} at {url} is not ready ({})", b.id, r.status()),
-            Err(e) => bail!("backend {} at {url} is unreachable: {e}. Start it first (`polyllm up --backends {}`)", b.id, b.id),
+            Err(e) => bail!(
+                "backend {} at {url} is unreachable: {e}. Start it first (`polyllm up --backends {}`)",
+                b.id,
+                b.id
+            ),
         }
     }
     Ok(())
@@ -250,10 +259,8 @@ pub async fn collect(plan: CollectPlan) -> Result<CollectSummary> {
 /// gets `log-<sha256 prefix>`. Entries logged without text, cache hits and duplicates are skipped.
 pub fn ingest_router_logs(dir: &Path, prompts: &[PromptRecord], out: &Path) -> Result<CollectSummary> {
     let by_text: HashMap<&str, &str> = prompts.iter().map(|p| (p.prompt.as_str(), p.id.as_str())).collect();
-    let mut done: HashSet<(String, String, String)> = read_responses(out)?
-        .into_iter()
-        .map(|r| (r.prompt_id, r.backend, r.text))
-        .collect();
+    let mut done: HashSet<(String, String, String)> =
+        read_responses(out)?.into_iter().map(|r| (r.prompt_id, r.backend, r.text)).collect();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -279,9 +286,10 @@ pub fn ingest_router_logs(dir: &Path, prompts: &[PromptRecord], out: &Path) -> R
                 summary.skipped_done += 1;
                 continue;
             }
-            let id = by_text.get(prompt).map(|s| s.to_string()).unwrap_or_else(|| {
-                format!("log-{}", &hex::encode(Sha256::digest(prompt.as_bytes()))[..12])
-            });
+            let id = by_text
+                .get(prompt)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| format!("log-{}", &hex::encode(Sha256::digest(prompt.as_bytes()))[..12]));
             if !done.insert((id.clone(), backend.clone(), text.to_string())) {
                 summary.skipped_done += 1;
                 continue;

@@ -269,7 +269,13 @@ pub fn parse_prompts(reader: impl BufRead, source: &str, humaneval: &HumanEval) 
                 bail!("{source}:{n}: record {:?} has an empty entry_point", raw.id);
             }
         }
-        out.push(PromptRecord { id: raw.id, category: raw.category, prompt, max_tokens: raw.max_tokens, checker: raw.checker });
+        out.push(PromptRecord {
+            id: raw.id,
+            category: raw.category,
+            prompt,
+            max_tokens: raw.max_tokens,
+            checker: raw.checker,
+        });
     }
     Ok(out)
 }

@@ -104,9 +104,11 @@ pub fn evaluate(table: &Table, embeddings: &[Embedding], model_dir: &Path, comma
         bail!("the model's classes {:?} differ from the data's {:?}", meta.classes, table.classes);
     }
     let split: Split = serde_json::from_slice(
-        &std::fs::read(model_dir.join(SPLIT_FILE)).with_context(|| format!("reading {}", model_dir.join(SPLIT_FILE).display()))?,
+        &std::fs::read(model_dir.join(SPLIT_FILE))
+            .with_context(|| format!("reading {}", model_dir.join(SPLIT_FILE).display()))?,
     )?;
-    let booster = Booster::from_file(&model_dir.join(MODEL_FILE).to_string_lossy()).map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+    let booster = Booster::from_file(&model_dir.join(MODEL_FILE).to_string_lossy())
+        .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
     let test: std::collections::HashSet<&str> = split.test.iter().map(String::as_str).collect();
     let idx: Vec<usize> = (0..table.items.len()).filter(|&i| test.contains(table.items[i].id.as_str())).collect();
     if idx.is_empty() {
@@ -166,7 +168,8 @@ pub fn evaluate(table: &Table, embeddings: &[Embedding], model_dir: &Path, comma
         let choice: Vec<usize> = probs
             .iter()
             .map(|p| {
-                let s: Vec<f64> = p.iter().enumerate().map(|(c, v)| v.max(1e-12).ln() + if c == k - 1 { b } else { 0.0 }).collect();
+                let s: Vec<f64> =
+                    p.iter().enumerate().map(|(c, v)| v.max(1e-12).ln() + if c == k - 1 { b } else { 0.0 }).collect();
                 argmax(&s)
             })
             .collect();
@@ -241,7 +244,8 @@ pub fn markdown(r: &Report, with_plot: bool) -> String {
     }
     match &r.at_95 {
         Some(p) => {
-            let l = r.strategies.iter().find(|x| x.name.starts_with("always-largest")).map_or(0.0, |x| x.mean_latency_ms);
+            let l =
+                r.strategies.iter().find(|x| x.name.starts_with("always-largest")).map_or(0.0, |x| x.mean_latency_ms);
             s.push_str(&format!(
                 "- Cheapest operating point at ≥ 95% of always-largest quality: {:.0}% of calls to the largest model, \
                  mean latency {:.0} ms = **{:.2}x** always-largest (goal ≤ 0.5x)\n",
@@ -275,7 +279,13 @@ fn plot(path: &Path, r: &Report, font: Option<&Path>) -> Result<()> {
     benchmarks::plots::init_font(font).map_err(|e| anyhow::anyhow!("{e}"))?;
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max_l = r.strategies.iter().map(|s| s.mean_latency_ms).chain(r.sweep.iter().map(|p| p.mean_latency_ms)).fold(1.0, f64::max) * 1.1;
+    let max_l = r
+        .strategies
+        .iter()
+        .map(|s| s.mean_latency_ms)
+        .chain(r.sweep.iter().map(|p| p.mean_latency_ms))
+        .fold(1.0, f64::max)
+        * 1.1;
     let max_q = r.strategies.iter().map(|s| s.mean_quality).fold(0.0, f64::max).max(0.05) * 1.15;
     let mut chart = ChartBuilder::on(&root)
         .caption("Quality against latency (held-out prompts)", ("sans-serif", 22))
@@ -285,7 +295,10 @@ fn plot(path: &Path, r: &Report, font: Option<&Path>) -> Result<()> {
         .build_cartesian_2d(0.0..max_l, 0.0..max_q.min(1.05))?;
     chart.configure_mesh().x_desc("mean latency per prompt (ms)").y_desc("mean quality").draw()?;
     chart
-        .draw_series(LineSeries::new(r.sweep.iter().map(|p| (p.mean_latency_ms, p.mean_quality)), BLUE.stroke_width(2)))?
+        .draw_series(LineSeries::new(
+            r.sweep.iter().map(|p| (p.mean_latency_ms, p.mean_quality)),
+            BLUE.stroke_width(2),
+        ))?
         .label("learned router, bias sweep")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     for (i, s) in r.strategies.iter().enumerate() {
@@ -295,7 +308,12 @@ fn plot(path: &Path, r: &Report, font: Option<&Path>) -> Result<()> {
             .label(s.name.clone())
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
     root.present()?;
     Ok(())
 }

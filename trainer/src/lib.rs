@@ -14,4 +14,3 @@ pub mod train;
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
-

@@ -36,7 +36,7 @@ struct EmbedderArgs {
 impl EmbedderArgs {
     fn load(&self) -> Result<Featurizer> {
         let e = Embedder::load(&self.embedder_dir)
-            .with_context(|| format!("loading the embedder (run `fetch-models --only minilm`)"))?;
+            .with_context(|| "loading the embedder (run `fetch-models --only minilm`)".to_string())?;
         Ok(Featurizer::new(e))
     }
 }
@@ -155,7 +155,9 @@ async fn main() -> Result<()> {
             let catalog = Catalog::load(&backends).with_context(|| format!("loading {}", backends.display()))?;
             let mut specs = Vec::new();
             for id in &models {
-                specs.push(catalog.get(id).cloned().with_context(|| format!("no backend {id} in {}", backends.display()))?);
+                specs.push(
+                    catalog.get(id).cloned().with_context(|| format!("no backend {id} in {}", backends.display()))?,
+                );
             }
             eprintln!("collecting {} prompts × {} backends into {}", prompts.len(), specs.len(), out.display());
             let s = trainer::collect::collect(trainer::collect::CollectPlan {
@@ -196,13 +198,34 @@ async fn main() -> Result<()> {
             }
             eprintln!("{} scores → {}", scores.len(), out.display());
         }
-        Command::Train { prompts, scores, out, latency_weight, folds, test_share, seed, pca_dims, max_rounds, threads, embedder } => {
+        Command::Train {
+            prompts,
+            scores,
+            out,
+            latency_weight,
+            folds,
+            test_share,
+            seed,
+            pca_dims,
+            max_rounds,
+            threads,
+            embedder,
+        } => {
             let prompts = load_prompts(&prompts)?;
             let table = Table::build(&prompts, &read_scores(&scores)?)?;
             let f = embedder.load()?;
             eprintln!("{} prompts answered by all of {}", table.items.len(), table.classes.join(", "));
             let emb = trainer::train::embed_all(&f, &table)?;
-            let cfg = trainer::train::TrainConfig { out_dir: out.clone(), latency_weight, folds, test_share, seed, pca_dims, max_rounds, threads };
+            let cfg = trainer::train::TrainConfig {
+                out_dir: out.clone(),
+                latency_weight,
+                folds,
+                test_share,
+                seed,
+                pca_dims,
+                max_rounds,
+                threads,
+            };
             let o = trainer::train::train(&table, &emb, &cfg)?;
             eprintln!(
                 "trained: {} rounds, CV accuracy {:.3}, CV log loss {:.3}, confidence threshold {:.2}, labels {:?} → {}",
@@ -214,7 +237,8 @@ async fn main() -> Result<()> {
             let table = Table::build(&prompts, &read_scores(&scores)?)?;
             let f = embedder.load()?;
             let emb = trainer::train::embed_all(&f, &table)?;
-            let command = std::iter::once("trainer".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+            let command =
+                std::iter::once("trainer".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
             let r = trainer::evaluate::evaluate(&table, &emb, &model, &command)?;
             let files = trainer::evaluate::write_report(&model, &r, font.as_deref())?;
             print!("{}", trainer::evaluate::markdown(&r, false));
@@ -225,7 +249,13 @@ async fn main() -> Result<()> {
         Command::Ingest { prompts, log_dir, out } => {
             let prompts = load_prompts(&prompts)?;
             let s = trainer::collect::ingest_router_logs(&log_dir, &prompts, &out)?;
-            eprintln!("ingested {} answers ({} skipped, {} unreadable) → {}", s.collected, s.skipped_done, s.failed, out.display());
+            eprintln!(
+                "ingested {} answers ({} skipped, {} unreadable) → {}",
+                s.collected,
+                s.skipped_done,
+                s.failed,
+                out.display()
+            );
         }
     }
     Ok(())

@@ -30,7 +30,10 @@ pub fn score_all(
     let ctx = ScoreContext::new(humaneval)?.with_similarity(&sim);
     let pairs = join_responses(prompts, responses);
     let bar = ProgressBar::new(pairs.len() as u64);
-    bar.set_style(ProgressStyle::with_template("scoring {bar:40} {pos}/{len} {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("scoring {bar:40} {pos}/{len} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let mut out = Vec::with_capacity(pairs.len());
     for (p, r) in pairs {
         let s = score(p, &r.text, &ctx)?;

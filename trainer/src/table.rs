@@ -30,7 +30,8 @@ pub struct ScoreRow {
 }
 
 pub fn read_scores(path: &Path) -> Result<Vec<ScoreRow>> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {} (run `trainer score` first)", path.display()))?;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("opening {} (run `trainer score` first)", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in BufReader::new(f).lines().enumerate() {
         let line = line?;
@@ -86,7 +87,8 @@ impl Item {
         let u = self.utility(w);
         let mut best = 0;
         for i in 1..u.len() {
-            if u[i] > u[best] + 1e-12 || ((u[i] - u[best]).abs() <= 1e-12 && self.latency_ms[i] < self.latency_ms[best]) {
+            if u[i] > u[best] + 1e-12 || ((u[i] - u[best]).abs() <= 1e-12 && self.latency_ms[i] < self.latency_ms[best])
+            {
                 best = i;
             }
         }
@@ -186,7 +188,10 @@ impl Table {
 }
 
 /// Score every response with a known prompt; responses to prompts outside the set are left out.
-pub fn join_responses<'a>(prompts: &'a [PromptRecord], responses: &'a [ResponseRow]) -> Vec<(&'a PromptRecord, &'a ResponseRow)> {
+pub fn join_responses<'a>(
+    prompts: &'a [PromptRecord],
+    responses: &'a [ResponseRow],
+) -> Vec<(&'a PromptRecord, &'a ResponseRow)> {
     let by_id: HashMap<&str, &PromptRecord> = prompts.iter().map(|p| (p.id.as_str(), p)).collect();
     responses.iter().filter_map(|r| by_id.get(r.prompt_id.as_str()).map(|p| (*p, r))).collect()
 }
@@ -196,7 +201,13 @@ mod tests {
     use super::*;
 
     fn item(q: &[f64], l: &[f64]) -> Item {
-        Item { id: "x".into(), category: "math".into(), prompt: "p".into(), quality: q.to_vec(), latency_ms: l.to_vec() }
+        Item {
+            id: "x".into(),
+            category: "math".into(),
+            prompt: "p".into(),
+            quality: q.to_vec(),
+            latency_ms: l.to_vec(),
+        }
     }
 
     #[test]

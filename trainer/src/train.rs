@@ -73,7 +73,10 @@ pub struct TrainReport {
 /// Embed every prompt of the table (bulk, with a progress bar).
 pub fn embed_all(featurizer: &Featurizer, table: &Table) -> Result<Vec<Embedding>> {
     let bar = ProgressBar::new(table.items.len() as u64);
-    bar.set_style(ProgressStyle::with_template("embedding {bar:40} {pos}/{len} {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("embedding {bar:40} {pos}/{len} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let mut out = Vec::with_capacity(table.items.len());
     for it in &table.items {
         out.push(featurizer.embedder().embed(&it.prompt).with_context(|| format!("embedding prompt {}", it.id))?);
@@ -189,8 +192,9 @@ pub fn train(table: &Table, embeddings: &[Embedding], cfg: &TrainConfig) -> Resu
         let (vx, vy) = pick(&valid);
         let dtrain = dataset(&fx, &fy, &names, None)?;
         let dvalid = dataset(&vx, &vy, &names, Some(&dtrain))?;
-        let b = Booster::train_with_valid(dtrain, Some(dvalid), &params(k, cfg.max_rounds, cfg.seed, cfg.threads, true))
-            .map_err(|e| anyhow::anyhow!("LightGBM training (fold {f}): {e}"))?;
+        let b =
+            Booster::train_with_valid(dtrain, Some(dvalid), &params(k, cfg.max_rounds, cfg.seed, cfg.threads, true))
+                .map_err(|e| anyhow::anyhow!("LightGBM training (fold {f}): {e}"))?;
         let preds = predict_rows(&b, &vx, k)?;
         let mut correct = 0usize;
         let mut ll = 0.0;
@@ -212,7 +216,8 @@ pub fn train(table: &Table, embeddings: &[Embedding], cfg: &TrainConfig) -> Resu
     let total: usize = fold_results.iter().map(|r| r.rows).sum();
     let cv_accuracy = fold_results.iter().map(|r| r.accuracy * r.rows as f64).sum::<f64>() / total as f64;
     let cv_log_loss = fold_results.iter().map(|r| r.log_loss * r.rows as f64).sum::<f64>() / total as f64;
-    let rounds = ((fold_results.iter().map(|r| r.best_rounds as f64).sum::<f64>() / folds as f64).round() as i32).max(5);
+    let rounds =
+        ((fold_results.iter().map(|r| r.best_rounds as f64).sum::<f64>() / folds as f64).round() as i32).max(5);
 
     // Confidence threshold: the one whose out-of-fold routing has the best mean utility.
     let mut curve = Vec::new();
@@ -225,12 +230,18 @@ pub fn train(table: &Table, embeddings: &[Embedding], cfg: &TrainConfig) -> Resu
             / train_idx.len() as f64;
         curve.push((t, u));
     }
-    let (threshold, _) = curve.iter().copied().fold((0.0, f64::NEG_INFINITY), |best, (t, u)| if u > best.1 + 1e-12 { (t, u) } else { best });
+    let (threshold, _) =
+        curve
+            .iter()
+            .copied()
+            .fold((0.0, f64::NEG_INFINITY), |best, (t, u)| if u > best.1 + 1e-12 { (t, u) } else { best });
 
     // The final model on the whole training split.
-    let (tx, ty): (Vec<Vec<f32>>, Vec<f32>) = (train_idx.iter().map(|&i| all_rows[i].clone()).collect(), train_idx.iter().map(|&i| labels[i]).collect());
+    let (tx, ty): (Vec<Vec<f32>>, Vec<f32>) =
+        (train_idx.iter().map(|&i| all_rows[i].clone()).collect(), train_idx.iter().map(|&i| labels[i]).collect());
     let final_params = params(k, rounds as u32, cfg.seed, cfg.threads, false);
-    let booster = Booster::train(dataset(&tx, &ty, &names, None)?, &final_params).map_err(|e| anyhow::anyhow!("LightGBM training: {e}"))?;
+    let booster = Booster::train(dataset(&tx, &ty, &names, None)?, &final_params)
+        .map_err(|e| anyhow::anyhow!("LightGBM training: {e}"))?;
 
     let mut label_counts = vec![0usize; k];
     for &i in &train_idx {
@@ -277,7 +288,13 @@ pub fn train(table: &Table, embeddings: &[Embedding], cfg: &TrainConfig) -> Resu
 
 /// Write into a temporary directory beside `dir`, then rename each file into place, meta.json last,
 /// so a watching router never loads a half-written file.
-fn write_model_dir(dir: &Path, booster: &Booster, meta: &RouterModelMeta, split: &Split, report: &TrainReport) -> Result<()> {
+fn write_model_dir(
+    dir: &Path,
+    booster: &Booster,
+    meta: &RouterModelMeta,
+    split: &Split,
+    report: &TrainReport,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(".tmp-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;

@@ -516,7 +516,13 @@ fn humaneval_all_canonical_solutions_pass() {
 fn reference_with_fake_similarity() {
     let r = rec(Category::Open, Checker::Reference { reference: "Paris is the capital of France.".into() });
     let fake = |a: &str, b: &str| -> anyhow::Result<f64> {
-        Ok(if a.contains("Paris") && b.contains("Paris") { 0.95 } else if a.contains("France") { 0.6 } else { 0.1 })
+        Ok(if a.contains("Paris") && b.contains("Paris") {
+            0.95
+        } else if a.contains("France") {
+            0.6
+        } else {
+            0.1
+        })
     };
     let c = ctx().with_similarity(&fake);
     let s = score(&r, "The capital of France is Paris.", &c).unwrap();

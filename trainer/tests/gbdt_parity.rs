@@ -182,7 +182,13 @@ fn train_c(rows: &[Vec<f32>], labels: &[f32], params: &str, rounds: usize, path:
             std::ptr::null_mut(),
             &mut data,
         ));
-        check(sys::LGBM_DatasetSetField(data, field.as_ptr(), labels.as_ptr() as *const c_void, labels.len() as c_int, sys::C_API_DTYPE_FLOAT32 as c_int));
+        check(sys::LGBM_DatasetSetField(
+            data,
+            field.as_ptr(),
+            labels.as_ptr() as *const c_void,
+            labels.len() as c_int,
+            sys::C_API_DTYPE_FLOAT32 as c_int,
+        ));
         check(sys::LGBM_BoosterCreate(data, params.as_ptr(), &mut booster));
         for _ in 0..rounds {
             let mut finished: c_int = 0;
@@ -208,7 +214,9 @@ fn train(objective: &str, classes: usize, zero_as_missing: bool, dir: &Path, nam
     let labels: Vec<f32> = rows
         .iter()
         .map(|r| {
-            let score = if r[0].is_nan() { 1.5 } else { r[0] } + if (r[1] as u32) % 3 == 0 { 1.5 } else { -0.5 } + r[2];
+            let score = if r[0].is_nan() { 1.5 } else { r[0] }
+                + if (r[1] as u32).is_multiple_of(3) { 1.5 } else { -0.5 }
+                + r[2];
             (((score + 3.0) / 6.0 * classes as f32).floor().max(0.0) as usize).min(classes - 1) as f32
         })
         .collect();

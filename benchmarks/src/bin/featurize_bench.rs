@@ -49,9 +49,8 @@ fn ms(d: Duration) -> f64 {
 /// A prompt of about `target` WordPiece tokens ([CLS]/[SEP] included), built from prose words.
 fn prompt_of(embedder: &Embedder, target: usize) -> anyhow::Result<String> {
     const WORDS: &[&str] = &[
-        "explain", "how", "the", "router", "picks", "a", "model", "for", "each", "prompt", "and",
-        "why", "small", "models", "are", "cheaper", "than", "large", "ones", "when", "latency",
-        "matters", "most",
+        "explain", "how", "the", "router", "picks", "a", "model", "for", "each", "prompt", "and", "why", "small",
+        "models", "are", "cheaper", "than", "large", "ones", "when", "latency", "matters", "most",
     ];
     let mut text = String::new();
     let mut i = 0;
@@ -68,47 +67,22 @@ fn prompt_of(embedder: &Embedder, target: usize) -> anyhow::Result<String> {
 fn main() -> anyhow::Result<()> {
     let dir = model_dir();
     let t = Instant::now();
-    let embedder = Embedder::load(&dir).with_context(|| {
-        format!(
-            "run `target/debug/fetch-models --only minilm` ({})",
-            dir.display()
-        )
-    })?;
+    let embedder = Embedder::load(&dir)
+        .with_context(|| format!("run `target/debug/fetch-models --only minilm` ({})", dir.display()))?;
     let load = t.elapsed();
     // A small PCA fitted on a few prompts, as the router model would carry.
-    let fit_rows = [
-        "hello",
-        "write a sort in rust",
-        "what is 2+2",
-        "summarize this essay",
-        "prove it",
-    ]
-    .iter()
-    .map(|p| embedder.embed(p).map(|e| e.vector))
-    .collect::<Result<Vec<_>, _>>()?;
-    let pca = Pca::fit(&fit_rows, 4)?;
-    let prompts = [8, 32, 64, 128]
+    let fit_rows = ["hello", "write a sort in rust", "what is 2+2", "summarize this essay", "prove it"]
         .iter()
-        .map(|&n| prompt_of(&embedder, n))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|p| embedder.embed(p).map(|e| e.vector))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pca = Pca::fit(&fit_rows, 4)?;
+    let prompts = [8, 32, 64, 128].iter().map(|&n| prompt_of(&embedder, n)).collect::<anyhow::Result<Vec<_>>>()?;
     let featurizer = Featurizer::new(embedder);
 
-    let profile = if cfg!(debug_assertions) {
-        "dev (deps opt-level 3)"
-    } else {
-        "release"
-    };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    println!(
-        "featurize_bench: profile {profile}, {threads} CPU threads, model load {:.0} ms",
-        ms(load)
-    );
-    println!(
-        "command: {}",
-        std::env::args().collect::<Vec<_>>().join(" ")
-    );
+    let profile = if cfg!(debug_assertions) { "dev (deps opt-level 3)" } else { "release" };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("featurize_bench: profile {profile}, {threads} CPU threads, model load {:.0} ms", ms(load));
+    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
     println!();
     println!("| tokens | featurize p50 (ms) | featurize p90 (ms) | text_features p50 (µs) | text_features p90 (µs) |");
     println!("|---:|---:|---:|---:|---:|");
@@ -122,13 +96,7 @@ fn main() -> anyhow::Result<()> {
             std::hint::black_box(text_features(std::hint::black_box(prompt), tokens));
             Ok(())
         })?;
-        println!(
-            "| {tokens} | {:.2} | {:.2} | {:.1} | {:.1} |",
-            ms(p50),
-            ms(p90),
-            ms(t50) * 1e3,
-            ms(t90) * 1e3
-        );
+        println!("| {tokens} | {:.2} | {:.2} | {:.1} | {:.1} |", ms(p50), ms(p90), ms(t50) * 1e3, ms(t90) * 1e3);
     }
     Ok(())
 }

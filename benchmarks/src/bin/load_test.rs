@@ -164,7 +164,7 @@ async fn run() -> Result<i32> {
         bail!("concurrency values must be at least 1");
     }
     if let Some(d) = args.duration {
-        if !(d > 0.0) {
+        if d.is_nan() || d <= 0.0 {
             bail!("--duration must be positive");
         }
     }
@@ -346,7 +346,9 @@ async fn run() -> Result<i32> {
         record::write_csv(&args.out.join("prometheus_summary.csv"), &summaries)?;
         for s in &summaries {
             match (&s.mean, s.error.is_empty()) {
-                (Some(m), _) => println!("prometheus {} {}: mean {m:.2}, max {:.2}", s.query, s.labels, s.max.unwrap_or(0.0)),
+                (Some(m), _) => {
+                    println!("prometheus {} {}: mean {m:.2}, max {:.2}", s.query, s.labels, s.max.unwrap_or(0.0))
+                }
                 _ => println!("prometheus {}: {}", s.query, s.error),
             }
         }

@@ -50,10 +50,7 @@ const _: fn() = || {
 };
 
 fn load_err(dir: &Path, message: impl std::fmt::Display) -> FeatureError {
-    FeatureError::Load {
-        path: dir.display().to_string(),
-        message: message.to_string(),
-    }
+    FeatureError::Load { path: dir.display().to_string(), message: message.to_string() }
 }
 
 fn embed_err(message: impl std::fmt::Display) -> FeatureError {
@@ -65,16 +62,13 @@ impl Embedder {
     /// (`models/all-MiniLM-L6-v2/` after `fetch-models --only minilm`).
     pub fn load(dir: &Path) -> Result<Self, FeatureError> {
         if !dir.is_dir() {
-            return Err(load_err(
-                dir,
-                "no such directory (run `target/debug/fetch-models --only minilm`)",
-            ));
+            return Err(load_err(dir, "no such directory (run `target/debug/fetch-models --only minilm`)"));
         }
         let config_path = dir.join("config.json");
-        let config_text = std::fs::read_to_string(&config_path)
-            .map_err(|e| load_err(dir, format!("reading config.json: {e}")))?;
-        let config: Config = serde_json::from_str(&config_text)
-            .map_err(|e| load_err(dir, format!("parsing config.json: {e}")))?;
+        let config_text =
+            std::fs::read_to_string(&config_path).map_err(|e| load_err(dir, format!("reading config.json: {e}")))?;
+        let config: Config =
+            serde_json::from_str(&config_text).map_err(|e| load_err(dir, format!("parsing config.json: {e}")))?;
 
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| load_err(dir, format!("loading tokenizer.json: {e}")))?;
@@ -82,9 +76,7 @@ impl Embedder {
         // overrides both (pad to the batch's longest, truncate at 256). We embed one text at a
         // time (no padding) and truncate after counting the tokens.
         tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| load_err(dir, format!("configuring the tokenizer: {e}")))?;
+        tokenizer.with_truncation(None).map_err(|e| load_err(dir, format!("configuring the tokenizer: {e}")))?;
 
         let device = Device::Cpu;
         let weights = dir.join("model.safetensors");
@@ -96,14 +88,9 @@ impl Embedder {
         // file and renames).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device) }
             .map_err(|e| load_err(dir, format!("mapping model.safetensors: {e}")))?;
-        let model = BertModel::load(vb, &config)
-            .map_err(|e| load_err(dir, format!("building BERT from the weights: {e}")))?;
-        Ok(Self {
-            model,
-            tokenizer,
-            device,
-            hidden_size: config.hidden_size,
-        })
+        let model =
+            BertModel::load(vb, &config).map_err(|e| load_err(dir, format!("building BERT from the weights: {e}")))?;
+        Ok(Self { model, tokenizer, device, hidden_size: config.hidden_size })
     }
 
     /// Width of the embedding (384 for all-MiniLM-L6-v2).
@@ -117,10 +104,7 @@ impl Embedder {
     }
 
     fn encode_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
-        let encoding = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| embed_err(format!("tokenizing: {e}")))?;
+        let encoding = self.tokenizer.encode(text, true).map_err(|e| embed_err(format!("tokenizing: {e}")))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -148,11 +132,7 @@ impl Embedder {
         let pooled = hidden.squeeze(0)?.mean(0)?; // (hidden,)
         let mut v: Vec<f32> = pooled.to_vec1()?;
         if v.len() != self.hidden_size {
-            candle_core::bail!(
-                "BERT returned {} dims, expected {}",
-                v.len(),
-                self.hidden_size
-            );
+            candle_core::bail!("BERT returned {} dims, expected {}", v.len(), self.hidden_size);
         }
         // sentence-transformers' normalize: x / max(||x||, 1e-12).
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
@@ -181,10 +161,7 @@ mod tests {
 
     #[test]
     fn truncation_keeps_cls_and_sep() {
-        let mut ids: Vec<u32> = std::iter::once(101)
-            .chain(1000..1300)
-            .chain(std::iter::once(102))
-            .collect();
+        let mut ids: Vec<u32> = std::iter::once(101).chain(1000..1300).chain(std::iter::once(102)).collect();
         assert_eq!(ids.len(), 302);
         truncate_ids(&mut ids, 256);
         assert_eq!(ids.len(), 256);
@@ -198,9 +175,7 @@ mod tests {
 
     #[test]
     fn missing_dir_is_a_load_error() {
-        let err = Embedder::load(Path::new("/nonexistent/minilm"))
-            .err()
-            .map(|e| e.to_string());
+        let err = Embedder::load(Path::new("/nonexistent/minilm")).err().map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("fetch-models"));
     }
 }

@@ -37,15 +37,10 @@ impl Pca {
             return Err(pca_err("rows have no columns"));
         }
         if k > d {
-            return Err(pca_err(format!(
-                "{k} components requested from {d}-dimensional rows"
-            )));
+            return Err(pca_err(format!("{k} components requested from {d}-dimensional rows")));
         }
         if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != d) {
-            return Err(pca_err(format!(
-                "row {i} has {} values, row 0 has {d}",
-                r.len()
-            )));
+            return Err(pca_err(format!("row {i} has {} values, row 0 has {d}", r.len())));
         }
         if rows.iter().flatten().any(|x| !x.is_finite()) {
             return Err(pca_err("rows contain NaN or infinite values"));
@@ -67,11 +62,7 @@ impl Pca {
         let eigen = SymmetricEigen::new(cov);
         let mut order: Vec<usize> = (0..d).collect();
         // Descending eigenvalue; index breaks ties so the order is total and deterministic.
-        order.sort_by(|&a, &b| {
-            eigen.eigenvalues[b]
-                .total_cmp(&eigen.eigenvalues[a])
-                .then(a.cmp(&b))
-        });
+        order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]).then(a.cmp(&b)));
         let total: f64 = eigen.eigenvalues.iter().map(|l| l.max(0.0)).sum();
 
         let mut components = Vec::with_capacity(k);
@@ -87,18 +78,10 @@ impl Pca {
             let sign = if col[best] < 0.0 { -1.0 } else { 1.0 };
             components.push(col.iter().map(|x| (x * sign) as f32).collect());
             let lambda = eigen.eigenvalues[idx].max(0.0);
-            explained_variance_ratio.push(if total > 0.0 {
-                (lambda / total) as f32
-            } else {
-                0.0
-            });
+            explained_variance_ratio.push(if total > 0.0 { (lambda / total) as f32 } else { 0.0 });
         }
 
-        Ok(Self {
-            mean: mean.into_iter().map(|m| m as f32).collect(),
-            components,
-            explained_variance_ratio,
-        })
+        Ok(Self { mean: mean.into_iter().map(|m| m as f32).collect(), components, explained_variance_ratio })
     }
 
     pub fn dims(&self) -> usize {
@@ -109,12 +92,7 @@ impl Pca {
     pub fn transform(&self, v: &[f32]) -> Vec<f32> {
         self.components
             .iter()
-            .map(|c| {
-                c.iter()
-                    .zip(v.iter().zip(&self.mean))
-                    .map(|(c, (x, m))| c * (x - m))
-                    .sum()
-            })
+            .map(|c| c.iter().zip(v.iter().zip(&self.mean)).map(|(c, (x, m))| c * (x - m)).sum())
             .collect()
     }
 }
@@ -139,9 +117,7 @@ mod tests {
         (0..n)
             .map(|_| {
                 let t = rng.next() * 10.0;
-                (0..d)
-                    .map(|j| 3.0 + t * dir[j] + 0.1 * rng.next())
-                    .collect()
+                (0..d).map(|j| 3.0 + t * dir[j] + 0.1 * rng.next()).collect()
             })
             .collect()
     }
@@ -167,17 +143,11 @@ mod tests {
         assert!((norm - 1.0).abs() < 1e-4);
         // Deterministic sign: the largest-magnitude entry is positive.
         for c in &pca.components {
-            let best = c
-                .iter()
-                .cloned()
-                .fold(0f32, |m, x| if x.abs() > m.abs() { x } else { m });
+            let best = c.iter().cloned().fold(0f32, |m, x| if x.abs() > m.abs() { x } else { m });
             assert!(best > 0.0);
         }
         assert!(pca.explained_variance_ratio[0] > 0.9);
-        assert!(pca
-            .explained_variance_ratio
-            .windows(2)
-            .all(|w| w[0] >= w[1]));
+        assert!(pca.explained_variance_ratio.windows(2).all(|w| w[0] >= w[1]));
         // Transform of the mean is ~0.
         for x in pca.transform(&pca.mean) {
             assert!(x.abs() < 1e-5, "{x}");
@@ -199,18 +169,9 @@ mod tests {
     #[test]
     fn errors() {
         assert!(matches!(Pca::fit(&[], 2), Err(FeatureError::Pca(_))));
-        assert!(matches!(
-            Pca::fit(&[vec![1.0, 2.0]], 3),
-            Err(FeatureError::Pca(_))
-        ));
-        assert!(matches!(
-            Pca::fit(&[vec![1.0, 2.0], vec![1.0]], 1),
-            Err(FeatureError::Pca(_))
-        ));
-        assert!(matches!(
-            Pca::fit(&[vec![f32::NAN, 2.0]], 1),
-            Err(FeatureError::Pca(_))
-        ));
+        assert!(matches!(Pca::fit(&[vec![1.0, 2.0]], 3), Err(FeatureError::Pca(_))));
+        assert!(matches!(Pca::fit(&[vec![1.0, 2.0], vec![1.0]], 1), Err(FeatureError::Pca(_))));
+        assert!(matches!(Pca::fit(&[vec![f32::NAN, 2.0]], 1), Err(FeatureError::Pca(_))));
         // One row is fine (zero variance): ratios are 0.
         let one = Pca::fit(&[vec![1.0, 2.0]], 2).expect("single row");
         assert_eq!(one.explained_variance_ratio, vec![0.0, 0.0]);

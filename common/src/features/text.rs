@@ -40,19 +40,9 @@ pub const TEXT_FEATURE_NAMES: &[&str] = &[
 
 /// Language cues, in the order of the `mentions_*` names: any of the words flags the language.
 const LANGUAGE_CUES: &[&[&str]] = &[
-    &[
-        "python", "python3", "py", "pandas", "numpy", "django", "pytorch",
-    ],
+    &["python", "python3", "py", "pandas", "numpy", "django", "pytorch"],
     &["rust", "rustc", "cargo", "tokio"],
-    &[
-        "javascript",
-        "js",
-        "typescript",
-        "node.js",
-        "nodejs",
-        "react",
-        "npm",
-    ],
+    &["javascript", "js", "typescript", "node.js", "nodejs", "react", "npm"],
     &["sql", "mysql", "postgres", "postgresql", "sqlite", "t-sql"],
     &["c++", "cpp"],
     &["java", "jvm", "maven", "gradle"],
@@ -62,35 +52,9 @@ const LANGUAGE_CUES: &[&[&str]] = &[
 /// Task verbs, in the order of the `verb_*` names: any of the words (or phrases) sets the flag.
 /// `verb_calculate` also fires on "what is"/"what's" followed by a number (see [`what_is_number`]).
 const VERB_CUES: &[&[&str]] = &[
-    &[
-        "write",
-        "writes",
-        "writing",
-        "wrote",
-        "written",
-        "implement",
-        "create",
-        "generate",
-    ],
-    &[
-        "explain",
-        "explains",
-        "explaining",
-        "explanation",
-        "describe",
-        "why does",
-        "how does",
-    ],
-    &[
-        "fix",
-        "fixes",
-        "fixing",
-        "fixed",
-        "debug",
-        "debugging",
-        "bug",
-        "error",
-    ],
+    &["write", "writes", "writing", "wrote", "written", "implement", "create", "generate"],
+    &["explain", "explains", "explaining", "explanation", "describe", "why does", "how does"],
+    &["fix", "fixes", "fixing", "fixed", "debug", "debugging", "bug", "error"],
     &["prove", "proves", "proving", "proof", "show that"],
     &[
         "calculate",
@@ -106,25 +70,10 @@ const VERB_CUES: &[&[&str]] = &[
         "evaluate",
     ],
     &["sort", "sorts", "sorting", "sorted"],
-    &[
-        "summarize",
-        "summarise",
-        "summarizes",
-        "summarizing",
-        "summary",
-        "tl;dr",
-        "tldr",
-    ],
+    &["summarize", "summarise", "summarizes", "summarizing", "summary", "tl;dr", "tldr"],
     &["translate", "translates", "translating", "translation"],
     &["list", "lists", "listing", "enumerate"],
-    &[
-        "compare",
-        "compares",
-        "comparing",
-        "comparison",
-        "versus",
-        "vs",
-    ],
+    &["compare", "compares", "comparing", "comparison", "versus", "vs"],
 ];
 
 /// Code keywords that mark a line as code when it starts with one (after indentation).
@@ -175,10 +124,7 @@ fn contains_word(hay: &str, needle: &str) -> bool {
     while let Some(pos) = hay[start..].find(needle) {
         let at = start + pos;
         let end = at + needle.len();
-        let before_ok = hay[..at]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !is_word_char(c));
+        let before_ok = hay[..at].chars().next_back().is_none_or(|c| !is_word_char(c));
         let after_ok = hay[end..].chars().next().is_none_or(|c| !is_word_char(c));
         if before_ok && after_ok {
             return true;
@@ -196,10 +142,7 @@ fn what_is_number(hay: &str) -> bool {
         while let Some(pos) = hay[start..].find(phrase) {
             let at = start + pos;
             let end = at + phrase.len();
-            let before_ok = hay[..at]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !is_word_char(c));
+            let before_ok = hay[..at].chars().next_back().is_none_or(|c| !is_word_char(c));
             let rest = hay[end..].trim_start();
             let rest = rest.strip_prefix('-').unwrap_or(rest);
             if before_ok && rest.starts_with(|c: char| c.is_ascii_digit()) {
@@ -231,10 +174,7 @@ fn looks_like_code(prompt: &str, chars: usize, code_fences: usize) -> bool {
     }) {
         return true;
     }
-    let braces = prompt
-        .chars()
-        .filter(|c| matches!(c, '{' | '}' | ';'))
-        .count();
+    let braces = prompt.chars().filter(|c| matches!(c, '{' | '}' | ';')).count();
     braces >= 3 && (braces as f32) >= 0.02 * chars as f32
 }
 
@@ -286,10 +226,7 @@ mod tests {
     use super::*;
 
     fn get(values: &[f32], name: &str) -> f32 {
-        let i = TEXT_FEATURE_NAMES
-            .iter()
-            .position(|n| *n == name)
-            .expect("known feature name");
+        let i = TEXT_FEATURE_NAMES.iter().position(|n| *n == name).expect("known feature name");
         values[i]
     }
 
@@ -356,18 +293,9 @@ mod tests {
     fn word_boundaries_and_case() {
         // "JavaScript" is not "java"; "listen" is not "list"; "Python" matches case-insensitively;
         // "prefix" is not "fix"; "sorted" is a sort form.
-        let p =
-            "Write a PYTHON function that returns the sorted keys; listen to JavaScript, prefix.";
+        let p = "Write a PYTHON function that returns the sorted keys; listen to JavaScript, prefix.";
         let v = text_features(p, 20);
-        assert_eq!(
-            on_flags(&v),
-            vec![
-                "mentions_python",
-                "mentions_javascript",
-                "verb_write",
-                "verb_sort"
-            ]
-        );
+        assert_eq!(on_flags(&v), vec!["mentions_python", "mentions_javascript", "verb_write", "verb_sort"]);
         assert_eq!(get(&v, "has_code"), 0.0);
     }
 
@@ -378,14 +306,7 @@ mod tests {
         let v = text_features(p, 40);
         assert_eq!(
             on_flags(&v),
-            vec![
-                "verb_explain",
-                "verb_prove",
-                "verb_summarize",
-                "verb_translate",
-                "verb_list",
-                "verb_compare"
-            ]
+            vec!["verb_explain", "verb_prove", "verb_summarize", "verb_translate", "verb_list", "verb_compare"]
         );
         assert_eq!(get(&v, "digit_ratio"), 1.0 / p.chars().count() as f32);
     }
@@ -410,9 +331,6 @@ mod tests {
     fn deterministic() {
         let p = "Compute 2^10 in SQL, then sort the rows.";
         assert_eq!(text_features(p, 13), text_features(p, 13));
-        assert_eq!(
-            on_flags(&text_features(p, 13)),
-            vec!["mentions_sql", "verb_calculate", "verb_sort"]
-        );
+        assert_eq!(on_flags(&text_features(p, 13)), vec!["mentions_sql", "verb_calculate", "verb_sort"]);
     }
 }

@@ -13,7 +13,7 @@ use inference::kernels::Kernels;
 use inference::model::{GgufHeader, Weights};
 use inference::tokenizer::GgufTokenizer;
 use polyllm_common::wire::GenerateResponse;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -74,11 +74,14 @@ fn text_path() -> PathBuf {
 /// Resident memory of this process, in MiB (Linux; 0 elsewhere).
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
     kb.unwrap_or(0.0) / 1024.0
 }
 
-fn ours(path: &PathBuf, args: &Args, kernels: Kernels) -> Result<(Figures, f64, f64)> {
+fn ours(path: &Path, args: &Args, kernels: Kernels) -> Result<(Figures, f64, f64)> {
     let header = GgufHeader::read(path)?;
     let tok = GgufTokenizer::from_gguf(&header.content)?;
     let text = std::fs::read_to_string(text_path())?;
@@ -119,7 +122,7 @@ fn ours(path: &PathBuf, args: &Args, kernels: Kernels) -> Result<(Figures, f64, 
 }
 
 /// The 16-token decode prompt as text, for the service.
-fn decode_prompt(path: &PathBuf) -> Result<String> {
+fn decode_prompt(path: &Path) -> Result<String> {
     let header = GgufHeader::read(path)?;
     let tok = GgufTokenizer::from_gguf(&header.content)?;
     let ids = tok.encode(&std::fs::read_to_string(text_path())?, false)?;
@@ -161,10 +164,12 @@ fn service(path: &PathBuf, args: &Args) -> Result<(f64, u64)> {
             anyhow::ensure!(started.elapsed().as_secs() < 300, "the service did not become healthy in 300 s");
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        let body = serde_json::json!({ "prompt": prompt, "max_tokens": args.decode, "temperature": 0.0, "stream": false });
+        let body =
+            serde_json::json!({ "prompt": prompt, "max_tokens": args.decode, "temperature": 0.0, "stream": false });
         let (mut rates, mut completion) = (Vec::new(), 0);
         for _ in 0..args.runs {
-            let r: GenerateResponse = http.post(format!("{base}/generate")).json(&body).send().await?.error_for_status()?.json().await?;
+            let r: GenerateResponse =
+                http.post(format!("{base}/generate")).json(&body).send().await?.error_for_status()?.json().await?;
             rates.push(r.stats.tokens_per_second);
             completion = r.stats.completion_tokens as u64;
         }
@@ -186,14 +191,22 @@ fn llama_cpp(path: &PathBuf, args: &Args) -> Result<Option<Figures>> {
     let out = std::process::Command::new("python3")
         .arg(&script)
         .arg(path)
-        .args(["--threads", &args.threads.to_string(), "--prefill", &sizes.join(","), "--decode", &args.decode.to_string()])
+        .args([
+            "--threads",
+            &args.threads.to_string(),
+            "--prefill",
+            &sizes.join(","),
+            "--decode",
+            &args.decode.to_string(),
+        ])
         .args(["--runs", &args.runs.to_string(), "--text"])
         .arg(text_path())
         .output()
         .context("running llama_cpp_bench.py")?;
     anyhow::ensure!(out.status.success(), "llama_cpp_bench.py failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let rates = |x: &serde_json::Value| x.as_array().map(|a| a.iter().filter_map(|r| r.as_f64()).collect()).unwrap_or_default();
+    let rates =
+        |x: &serde_json::Value| x.as_array().map(|a| a.iter().filter_map(|r| r.as_f64()).collect()).unwrap_or_default();
     let prefill = args.prefill.iter().map(|n| (*n, median(rates(&v["prefill"][n.to_string()])))).collect();
     Ok(Some(Figures { prefill, decode: median(rates(&v["decode"])) }))
 }
@@ -204,11 +217,15 @@ fn main() -> Result<()> {
     // As the service does (main.rs): activations reuse freed heap instead of fresh pages.
     inference::memory::retain_freed_memory();
     let models = if args.models.is_empty() {
-        ["gemma-3-270m-q4_k_m.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"]
-            .iter()
-            .map(|f| args.models_dir.join(f))
-            .filter(|p| p.exists())
-            .collect()
+        [
+            "gemma-3-270m-q4_k_m.gguf",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        ]
+        .iter()
+        .map(|f| args.models_dir.join(f))
+        .filter(|p| p.exists())
+        .collect()
     } else {
         args.models.clone()
     };
@@ -236,10 +253,18 @@ fn main() -> Result<()> {
                 .enumerate()
                 .map(|(i, (_, v))| cell(*v, reference.as_ref().map(|r| r.prefill[i].1)))
                 .collect();
-            println!("| {name} | {engine} | {} | {} | {load_s:.1} | {weights_mib:.0} |", p.join(" | "), cell(f.decode, reference.as_ref().map(|r| r.decode)));
+            println!(
+                "| {name} | {engine} | {} | {} | {load_s:.1} | {weights_mib:.0} |",
+                p.join(" | "),
+                cell(f.decode, reference.as_ref().map(|r| r.decode))
+            );
             if args.service && kernels == Kernels::default() {
                 let (rate, completion) = service(path, &args)?;
-                service_rows.push(format!("| {name} | {:.1} | {rate:.1} | {:.3} | {completion} |", f.decode, rate / f.decode));
+                service_rows.push(format!(
+                    "| {name} | {:.1} | {rate:.1} | {:.3} | {completion} |",
+                    f.decode,
+                    rate / f.decode
+                ));
             }
         }
     }

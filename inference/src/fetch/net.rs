@@ -67,7 +67,12 @@ pub(crate) fn http_error(url: &str, status: StatusCode) -> Attempt {
 
 /// Runs `op` up to `1 + opts.retries` times, sleeping `retry_backoff`, then twice that, ...
 /// between tries that failed with [`Attempt::Retry`].
-pub(crate) async fn with_retries<T, F, Fut>(opts: &FetchOptions, reporter: &Reporter, what: &str, mut op: F) -> Result<T, FetchError>
+pub(crate) async fn with_retries<T, F, Fut>(
+    opts: &FetchOptions,
+    reporter: &Reporter,
+    what: &str,
+    mut op: F,
+) -> Result<T, FetchError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Attempt>>,
@@ -111,7 +116,10 @@ mod tests {
 
     #[test]
     fn chains_skip_the_outer_message_and_repeats() {
-        let e = E("error sending request", Some(Box::new(E("tcp connect error: refused", Some(Box::new(E("refused", None)))))));
+        let e = E(
+            "error sending request",
+            Some(Box::new(E("tcp connect error: refused", Some(Box::new(E("refused", None)))))),
+        );
         assert_eq!(error_chain(&e), "tcp connect error: refused");
         assert_eq!(error_chain(&E("alone", None)), "alone");
         assert!(transient_status(StatusCode::BAD_GATEWAY));

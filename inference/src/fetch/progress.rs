@@ -65,7 +65,8 @@ impl Reporter {
             _ => ProgressDrawTarget::hidden(),
         };
         let multi = MultiProgress::with_draw_target(target);
-        let overall = Overall { bar: None, total: AtomicU64::new(0), done: AtomicU64::new(0), started: Mutex::new(None) };
+        let overall =
+            Overall { bar: None, total: AtomicU64::new(0), done: AtomicU64::new(0), started: Mutex::new(None) };
         Self { mode, multi, overall: Arc::new(overall) }
     }
 
@@ -132,7 +133,11 @@ impl Reporter {
                 None => eprintln!("{label}"),
             }
         }
-        self.add_bar(len.unwrap_or(0), label, "{prefix:>12.bold} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}")
+        self.add_bar(
+            len.unwrap_or(0),
+            label,
+            "{prefix:>12.bold} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}",
+        )
     }
 
     /// Tracks one wheel download.

@@ -13,7 +13,11 @@ use sha2::{Digest, Sha256};
 const BUF: usize = 1 << 20;
 
 /// Feeds `reader` into `hasher` until EOF; returns the bytes read.
-pub(crate) fn hash_reader(reader: &mut impl Read, hasher: &mut Sha256, on_bytes: &mut dyn FnMut(u64)) -> io::Result<u64> {
+pub(crate) fn hash_reader(
+    reader: &mut impl Read,
+    hasher: &mut Sha256,
+    on_bytes: &mut dyn FnMut(u64),
+) -> io::Result<u64> {
     let mut buf = vec![0u8; BUF];
     let mut total = 0u64;
     loop {
@@ -57,11 +61,7 @@ pub(crate) struct Sidecar {
 }
 
 fn mtime_ns(meta: &fs::Metadata) -> u128 {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 impl Sidecar {
@@ -87,7 +87,8 @@ impl Sidecar {
     pub fn cached(file: &Path, meta: &fs::Metadata) -> Option<String> {
         let text = fs::read_to_string(sidecar_path(file)).ok()?;
         let sidecar = Self::parse(&text)?;
-        (sidecar.size == meta.len() && sidecar.mtime_ns == mtime_ns(meta) && sidecar.mtime_ns != 0).then_some(sidecar.sha256)
+        (sidecar.size == meta.len() && sidecar.mtime_ns == mtime_ns(meta) && sidecar.mtime_ns != 0)
+            .then_some(sidecar.sha256)
     }
 
     /// Records `sha256` for `file` as it is described by `meta`. Best effort: a read-only models
@@ -161,7 +162,9 @@ pub(crate) fn check_file(
             let (digest, len) = sha256_file(path, on_bytes)?;
             // Only trust what we read if the file did not change under us.
             match fs::metadata(path) {
-                Ok(after) if after.len() == len && mtime_ns(&after) == mtime_ns(&meta) => Sidecar::store(path, &meta, &digest),
+                Ok(after) if after.len() == len && mtime_ns(&after) == mtime_ns(&meta) => {
+                    Sidecar::store(path, &meta, &digest)
+                }
                 _ => {}
             }
             digest

@@ -171,7 +171,14 @@ struct ATile {
 impl ATile {
     fn new(w: &dyn TileRows) -> ATile {
         let (_, k) = w.dims();
-        ATile { n0: 0, take: 0, rows: Vec::new(), in_place: None, dw: vec![[0f32; T]; k / w.group()], mw: vec![[0f32; T]; if w.has_mins() { k / QK } else { 0 }] }
+        ATile {
+            n0: 0,
+            take: 0,
+            rows: Vec::new(),
+            in_place: None,
+            dw: vec![[0f32; T]; k / w.group()],
+            mw: vec![[0f32; T]; if w.has_mins() { k / QK } else { 0 }],
+        }
     }
 
     /// Rows `n0..n0 + take` of `w`.
@@ -326,7 +333,14 @@ mod imp {
     /// The tile unit is available; `a` holds 16 rows of `k = 32 · x.tiles.len()` quants; `dw`
     /// and `mw` are as long as the groups and blocks of `k`.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn tile_row(a: *const i8, k: usize, x: &Acts, dw: &[[f32; T]], mw: &[[f32; T]], sums: &mut [[f32; T]; T]) {
+    pub unsafe fn tile_row(
+        a: *const i8,
+        k: usize,
+        x: &Acts,
+        dw: &[[f32; T]],
+        mw: &[[f32; T]],
+        sums: &mut [[f32; T]; T],
+    ) {
         configure();
         let nb = x.tiles.len();
         let halves = !x.halves.is_empty();

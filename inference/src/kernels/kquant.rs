@@ -54,9 +54,15 @@ pub struct Q8KRow {
 
 /// Quantizes `x` (`k` values, a multiple of 256) to Q8_K as candle's `BlockQ8K::from_float` does.
 pub fn quantize_q8k(x: &[f32]) -> Q8KRow {
-    assert!(x.len() % QK_K == 0, "quantize_q8k: {} values, not a multiple of {QK_K}", x.len());
+    assert!(x.len().is_multiple_of(QK_K), "quantize_q8k: {} values, not a multiple of {QK_K}", x.len());
     let nb = x.len() / QK_K;
-    let mut row = Q8KRow { k: x.len(), d: vec![0.0; nb], qs: vec![0; x.len()], bsums: vec![0; nb * 16], dbsum: vec![0.0; nb * 8] };
+    let mut row = Q8KRow {
+        k: x.len(),
+        d: vec![0.0; nb],
+        qs: vec![0; x.len()],
+        bsums: vec![0; nb * 16],
+        dbsum: vec![0.0; nb * 8],
+    };
     for b in 0..nb {
         let xs = &x[b * QK_K..(b + 1) * QK_K];
         let (mut max, mut amax) = (0f32, 0f32);
@@ -205,11 +211,18 @@ impl Q4KTiles {
     /// Re-lays `bytes`, the Q4_K blocks of a `[n, k]` matrix as the file holds them; `None` where `n`
     /// is not a multiple of 16 or `k` of 256 (candle's kernels then take the matrix).
     pub fn new(bytes: &[u8], n: usize, k: usize) -> Option<Q4KTiles> {
-        if n == 0 || n % TILE_ROWS != 0 || k % QK_K != 0 || bytes.len() != n * k / QK_K * Q4K_BYTES {
+        if n == 0 || !n.is_multiple_of(TILE_ROWS) || !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * Q4K_BYTES
+        {
             return None;
         }
         let kb = k / QK_K;
-        let empty = Q4KTile { qs: [0; QK_K / 8 * TILE_ROWS * 4], d: [0; TILE_ROWS], dmin: [0; TILE_ROWS], sc: [[0; TILE_ROWS]; 8], m: [[0; TILE_ROWS]; 8] };
+        let empty = Q4KTile {
+            qs: [0; QK_K / 8 * TILE_ROWS * 4],
+            d: [0; TILE_ROWS],
+            dmin: [0; TILE_ROWS],
+            sc: [[0; TILE_ROWS]; 8],
+            m: [[0; TILE_ROWS]; 8],
+        };
         let mut tiles = vec![empty; n / TILE_ROWS * kb];
         let fill = |i: usize, tile: &mut Q4KTile| {
             let (t, b) = (i / kb, i % kb);
@@ -225,7 +238,11 @@ impl Q4KTiles {
                 let qs = &blk[16..];
                 let q = |w: usize| {
                     let byte = qs[w / 64 * 32 + w % 32];
-                    if w % 64 < 32 { byte & 0xF } else { byte >> 4 }
+                    if w % 64 < 32 {
+                        byte & 0xF
+                    } else {
+                        byte >> 4
+                    }
                 };
                 for g in 0..QK_K / 8 {
                     for j in 0..4 {
@@ -271,7 +288,8 @@ fn q4k_unit_scalar(tiles: &[Q4KTile], x: &Q8KRow, out: &mut [f32]) {
                 for g in sub * 4..sub * 4 + 4 {
                     for j in 0..4 {
                         let byte = tile.qs[(g * TILE_ROWS + r) * 4 + j];
-                        isum += (byte & 0xF) as i32 * a[8 * g + j] as i32 + (byte >> 4) as i32 * a[8 * g + j + 4] as i32;
+                        isum +=
+                            (byte & 0xF) as i32 * a[8 * g + j] as i32 + (byte >> 4) as i32 * a[8 * g + j + 4] as i32;
                     }
                 }
                 let scale = f16::from_bits(tile.d[r]).to_f32() * tile.sc[sub][r] as f32;
@@ -392,7 +410,6 @@ impl KWeights<'_> {
 
 /// Rows per unit of parallel work: one Q4_K tile.
 const UNIT: usize = TILE_ROWS;
-
 
 /// `x @ w^T` for each of `ws` (matrices of `x`'s width): one dispatch to candle's worker pool for
 /// all of them, units of 16 rows numbered across the matrices.
@@ -562,7 +579,11 @@ mod x86 {
                 for g in sub * 4..sub * 4 + 4 {
                     let w = _mm512_load_si512(q.add(g * 64) as *const _);
                     *isum = _mm512_dpbusd_epi32(*isum, _mm512_and_si512(w, nib), bcast4(a, 8 * g));
-                    *isum = _mm512_dpbusd_epi32(*isum, _mm512_and_si512(_mm512_srli_epi16(w, 4), nib), bcast4(a, 8 * g + 4));
+                    *isum = _mm512_dpbusd_epi32(
+                        *isum,
+                        _mm512_and_si512(_mm512_srli_epi16(w, 4), nib),
+                        bcast4(a, 8 * g + 4),
+                    );
                 }
             }
             let dall = _mm512_set1_ps(*x.d.get_unchecked(b));
@@ -609,8 +630,14 @@ mod x86 {
                 let l = _mm512_loadu_si512(blk.add(64 * half) as *const _);
                 let h = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * half) as *const _));
                 let va = _mm512_or_si512(_mm512_and_si512(l, nib), _mm512_and_si512(_mm512_sllv_epi16(h, shl_a), top));
-                let vb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), nib), _mm512_and_si512(_mm512_srlv_epi16(h, shr_b), top));
-                let (xa, xb) = (_mm512_loadu_si512(a.add(128 * half) as *const _), _mm512_loadu_si512(a.add(128 * half + 64) as *const _));
+                let vb = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16(l, 4), nib),
+                    _mm512_and_si512(_mm512_srlv_epi16(h, shr_b), top),
+                );
+                let (xa, xb) = (
+                    _mm512_loadu_si512(a.add(128 * half) as *const _),
+                    _mm512_loadu_si512(a.add(128 * half + 64) as *const _),
+                );
                 // The `- 32` of each weight taken off per pair of products, as candle's kernel does,
                 // so that each i32 lane holds the same products as its lane does.
                 let pa = _mm512_sub_epi16(_mm512_maddubs_epi16(va, xa), _mm512_maddubs_epi16(m32, xa));
@@ -708,13 +735,33 @@ mod tests {
                 for j in 0..n {
                     let reference = row_scalar(ty, &bytes[j * row_bytes..(j + 1) * row_bytes], &q);
                     let tol = 1e-4 * (1.0 + reference.abs());
-                    assert!((theirs[j] - reference).abs() <= tol, "{ty:?} {n}x{k} row {j}: candle {} reference {reference}", theirs[j]);
-                    assert!((scalar[i][j] - reference).abs() <= tol, "{ty:?} {n}x{k} row {j}: scalar {} reference {reference}", scalar[i][j]);
+                    assert!(
+                        (theirs[j] - reference).abs() <= tol,
+                        "{ty:?} {n}x{k} row {j}: candle {} reference {reference}",
+                        theirs[j]
+                    );
+                    assert!(
+                        (scalar[i][j] - reference).abs() <= tol,
+                        "{ty:?} {n}x{k} row {j}: scalar {} reference {reference}",
+                        scalar[i][j]
+                    );
                     if available() {
                         // Bit for bit: candle's integer sums and its float steps in its order.
-                        assert_eq!(fast[i][j].to_bits(), theirs[j].to_bits(), "{ty:?} {n}x{k} row {j}: fast {} candle {}", fast[i][j], theirs[j]);
+                        assert_eq!(
+                            fast[i][j].to_bits(),
+                            theirs[j].to_bits(),
+                            "{ty:?} {n}x{k} row {j}: fast {} candle {}",
+                            fast[i][j],
+                            theirs[j]
+                        );
                         if ty == KType::Q4K {
-                            assert_eq!(scalar[i][j].to_bits(), theirs[j].to_bits(), "{ty:?} {n}x{k} row {j}: scalar {} candle {}", scalar[i][j], theirs[j]);
+                            assert_eq!(
+                                scalar[i][j].to_bits(),
+                                theirs[j].to_bits(),
+                                "{ty:?} {n}x{k} row {j}: scalar {} candle {}",
+                                scalar[i][j],
+                                theirs[j]
+                            );
                         }
                     }
                 }
@@ -733,9 +780,16 @@ mod tests {
         let x: Vec<f32> = (0..m * k).map(|_| rng.f32() * 2.0).collect();
         let rows: Vec<Q8KRow> = x.chunks_exact(k).map(quantize_q8k).collect();
         let ours = q4k_rows(&tiles, &rows);
-        let storage = QStorage::from_data(std::borrow::Cow::Borrowed(&bytes[..]), &Device::Cpu, GgmlDType::Q4K).unwrap();
+        let storage =
+            QStorage::from_data(std::borrow::Cow::Borrowed(&bytes[..]), &Device::Cpu, GgmlDType::Q4K).unwrap();
         let qmm = QMatMul::from_qtensor(QTensor::new(storage, (n, k)).unwrap()).unwrap();
-        let theirs: Vec<f32> = qmm.forward(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let theirs: Vec<f32> = qmm
+            .forward(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(ours.len(), theirs.len());
         assert!(theirs.iter().any(|v| v.abs() > 1e-3), "degenerate test data");
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
@@ -772,13 +826,21 @@ mod tests {
         let xs: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
         let x = q8::quantize_rows(&xs, k);
         let xd = x.dequantize();
-        let mats: Vec<(KType, Vec<u8>)> = [KType::Q4K, KType::Q6K].into_iter().map(|ty| (ty, random_matrix(ty, n, k, &mut rng))).collect();
+        let mats: Vec<(KType, Vec<u8>)> =
+            [KType::Q4K, KType::Q6K].into_iter().map(|ty| (ty, random_matrix(ty, n, k, &mut rng))).collect();
         let rows: Vec<KRows> = mats.iter().map(|(ty, bytes)| KRows { ty: *ty, n, k, bytes }).collect();
         let got = amx::matmul_many(&[&rows[0], &rows[1]], &x);
         for ((ty, bytes), got) in mats.iter().zip(&got) {
             let dtype = if *ty == KType::Q4K { GgmlDType::Q4K } else { GgmlDType::Q6K };
             let storage = QStorage::from_data(std::borrow::Cow::Borrowed(&bytes[..]), &Device::Cpu, dtype).unwrap();
-            let w: Vec<f32> = QTensor::new(storage, (n, k)).unwrap().dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let w: Vec<f32> = QTensor::new(storage, (n, k))
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let mut worst = 0f64;
             let mut scale = 0f64;
             for i in 0..m {

@@ -112,7 +112,7 @@ impl KMatrix {
     /// rows in multiples of 16) on the CPU and our kernels run here.
     fn new(t: QTensor) -> Result<std::result::Result<KMatrix, QTensor>> {
         let dims = t.shape().dims();
-        if !kquant::available() || dims.len() != 2 || dims[1] % kquant::QK_K != 0 {
+        if !kquant::available() || dims.len() != 2 || !dims[1].is_multiple_of(kquant::QK_K) {
             return Ok(Err(t));
         }
         let (n, k) = (dims[0], dims[1]);
@@ -134,7 +134,11 @@ impl KMatrix {
     }
 
     fn ty(&self) -> kquant::KType {
-        if self.q4k.is_some() { kquant::KType::Q4K } else { kquant::KType::Q6K }
+        if self.q4k.is_some() {
+            kquant::KType::Q4K
+        } else {
+            kquant::KType::Q6K
+        }
     }
 
     /// `x @ w^T` for a short prompt `x` (several rows) and a Q4_K matrix.
@@ -158,13 +162,17 @@ impl KMatrix {
         }
         let q = kquant::quantize_q8k(&xs);
         let data = ws.iter().map(|w| w.t.data()).collect::<Result<Vec<_>>>()?;
-        let weights: Vec<kquant::KWeights> = ws.iter().zip(&data).map(|(w, bytes)| match &w.q4k {
-            Some(tiles) => kquant::KWeights::Q4K(tiles),
-            None => {
-                let (n, k) = w.dims();
-                kquant::KWeights::Q6K { n, k, bytes }
-            }
-        }).collect();
+        let weights: Vec<kquant::KWeights> = ws
+            .iter()
+            .zip(&data)
+            .map(|(w, bytes)| match &w.q4k {
+                Some(tiles) => kquant::KWeights::Q4K(tiles),
+                None => {
+                    let (n, k) = w.dims();
+                    kquant::KWeights::Q6K { n, k, bytes }
+                }
+            })
+            .collect();
         kquant::gemv_many(&weights, &q).into_iter().zip(ws).map(|(out, w)| q8_output(out, w.dims().0, x)).collect()
     }
 }
@@ -197,7 +205,7 @@ fn to_q8(t: &QTensor) -> Result<Q8Matrix> {
 impl Linear {
     /// Prepares `t` (a `[n, k]` matrix) for `kernels` on `device`.
     pub fn new(t: QTensor, kernels: Kernels, device: &Device) -> Result<Linear> {
-        let two_d = t.shape().dims().len() == 2 && t.shape().dims()[1] % q8::QK == 0;
+        let two_d = t.shape().dims().len() == 2 && t.shape().dims()[1].is_multiple_of(q8::QK);
         if !device.is_cpu() || !two_d {
             return Ok(Linear::Candle(QMatMul::from_qtensor(t)?));
         }
@@ -257,18 +265,28 @@ impl Linear {
                 return Ok(outs);
             }
         }
-        let ours: Option<Vec<&Q8Matrix>> = ws.iter().map(|w| match w {
-            Linear::Q8(m) => Some(m),
-            _ => None,
-        }).collect();
+        let ours: Option<Vec<&Q8Matrix>> = ws
+            .iter()
+            .map(|w| match w {
+                Linear::Q8(m) => Some(m),
+                _ => None,
+            })
+            .collect();
         if let Some(ms) = ours {
             let rows = q8_input(x, ms[0].cols())?;
-            return Q8Matrix::matmul_many(&ms, &rows).into_iter().zip(&ms).map(|(out, m)| q8_output(out, m.rows(), x)).collect();
+            return Q8Matrix::matmul_many(&ms, &rows)
+                .into_iter()
+                .zip(&ms)
+                .map(|(out, m)| q8_output(out, m.rows(), x))
+                .collect();
         }
-        let ks: Option<Vec<&KMatrix>> = ws.iter().map(|w| match w {
-            Linear::K(m) => Some(m),
-            _ => None,
-        }).collect();
+        let ks: Option<Vec<&KMatrix>> = ws
+            .iter()
+            .map(|w| match w {
+                Linear::K(m) => Some(m),
+                _ => None,
+            })
+            .collect();
         if let (Some(ks), true) = (ks, one_row(x)) {
             return KMatrix::gemv_many(&ks, x);
         }
@@ -277,11 +295,14 @@ impl Linear {
         if ws.iter().any(|w| matches!(w, Linear::K(m) if m.q4k.is_some())) {
             return ws.iter().map(|w| w.forward(x)).collect();
         }
-        let theirs: Option<Vec<&QTensor>> = ws.iter().map(|w| match w {
-            Linear::Candle(QMatMul::QTensor(t)) => Some(&**t),
-            Linear::K(m) => Some(&*m.t),
-            _ => None,
-        }).collect();
+        let theirs: Option<Vec<&QTensor>> = ws
+            .iter()
+            .map(|w| match w {
+                Linear::Candle(QMatMul::QTensor(t)) => Some(&**t),
+                Linear::K(m) => Some(&*m.t),
+                _ => None,
+            })
+            .collect();
         // candle's fused kernel is its tiled one-token kernel; from 32 rows on its separate
         // products take its AMX kernel for Q4_K, which is faster (1.5B prefill, measured).
         let rows = rows(x);
@@ -298,17 +319,24 @@ impl Linear {
     /// [`Linear::forward_many`] on the tile unit, where every matrix is one our kernels read;
     /// `None` where one is candle's.
     fn amx_many(ws: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
-        let data = ws.iter().map(|w| match w {
-            Linear::K(m) => m.t.data().map(Some),
-            _ => Ok(None),
-        }).collect::<Result<Vec<_>>>()?;
-        let krows: Vec<Option<kquant::KRows>> = ws.iter().zip(&data).map(|(w, bytes)| match (w, bytes) {
-            (Linear::K(m), Some(bytes)) => {
-                let (n, k) = m.dims();
-                Some(kquant::KRows { ty: m.ty(), n, k, bytes })
-            }
-            _ => None,
-        }).collect();
+        let data = ws
+            .iter()
+            .map(|w| match w {
+                Linear::K(m) => m.t.data().map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let krows: Vec<Option<kquant::KRows>> = ws
+            .iter()
+            .zip(&data)
+            .map(|(w, bytes)| match (w, bytes) {
+                (Linear::K(m), Some(bytes)) => {
+                    let (n, k) = m.dims();
+                    Some(kquant::KRows { ty: m.ty(), n, k, bytes })
+                }
+                _ => None,
+            })
+            .collect();
         let mut tiles: Vec<&dyn amx::TileRows> = Vec::with_capacity(ws.len());
         for (w, kr) in ws.iter().zip(&krows) {
             match (w, kr) {
@@ -318,7 +346,12 @@ impl Linear {
             }
         }
         let rows = q8_input(x, tiles[0].dims().1)?;
-        amx::matmul_many(&tiles, &rows).into_iter().zip(&tiles).map(|(out, t)| q8_output(out, t.dims().0, x)).collect::<Result<_>>().map(Some)
+        amx::matmul_many(&tiles, &rows)
+            .into_iter()
+            .zip(&tiles)
+            .map(|(out, t)| q8_output(out, t.dims().0, x))
+            .collect::<Result<_>>()
+            .map(Some)
     }
 }
 

@@ -77,7 +77,7 @@ impl Q8Rows {
 
 /// Quantizes `x` (rows of `k` values, `k` a multiple of 32) to Q8_0 blocks.
 pub fn quantize_rows(x: &[f32], k: usize) -> Q8Rows {
-    assert!(k % QK == 0 && x.len() % k == 0, "quantize_rows: {} values in rows of {k}", x.len());
+    assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k), "quantize_rows: {} values in rows of {k}", x.len());
     let m = x.len() / k;
     let mut q = vec![0i8; x.len()];
     let d = x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).map(|(x, q)| quantize_block(x, q, true)).collect();
@@ -91,7 +91,11 @@ fn f16_at(b: &[u8]) -> f32 {
 impl Q8Matrix {
     /// From ggml Q8_0 bytes (34-byte blocks: f16 scale, 32 i8 quants) of an `[n, k]` matrix.
     pub fn from_ggml_q8_0(bytes: &[u8], n: usize, k: usize) -> Q8Matrix {
-        assert!(k % QK == 0 && bytes.len() == n * k / QK * 34, "from_ggml_q8_0: {} bytes for [{n}, {k}]", bytes.len());
+        assert!(
+            k.is_multiple_of(QK) && bytes.len() == n * k / QK * 34,
+            "from_ggml_q8_0: {} bytes for [{n}, {k}]",
+            bytes.len()
+        );
         let mut d = Vec::with_capacity(n * k / QK);
         let mut q = Vec::with_capacity(n * k);
         for b in bytes.chunks_exact(34) {
@@ -104,9 +108,14 @@ impl Q8Matrix {
     /// From ggml Q5_0 bytes (22-byte blocks: f16 scale, u32 of fifth bits, 16 bytes of nibbles),
     /// kept packed.
     pub fn from_ggml_q5_0(bytes: &[u8], n: usize, k: usize) -> Q8Matrix {
-        assert!(k % QK == 0 && bytes.len() == n * k / QK * 22, "from_ggml_q5_0: {} bytes for [{n}, {k}]", bytes.len());
+        assert!(
+            k.is_multiple_of(QK) && bytes.len() == n * k / QK * 22,
+            "from_ggml_q5_0: {} bytes for [{n}, {k}]",
+            bytes.len()
+        );
         let blocks = n * k / QK;
-        let (mut d, mut qh, mut qs) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks), Vec::with_capacity(blocks * 16));
+        let (mut d, mut qh, mut qs) =
+            (Vec::with_capacity(blocks), Vec::with_capacity(blocks), Vec::with_capacity(blocks * 16));
         for b in bytes.chunks_exact(22) {
             d.push(f16_at(b));
             qh.push(u32::from_le_bytes([b[2], b[3], b[4], b[5]]));
@@ -117,7 +126,7 @@ impl Q8Matrix {
 
     /// Quantizes an f32 `[n, k]` matrix to Q8_0 with f32 scales.
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Q8Matrix {
-        assert!(k % QK == 0 && w.len() == n * k, "quantize: {} values for [{n}, {k}]", w.len());
+        assert!(k.is_multiple_of(QK) && w.len() == n * k, "quantize: {} values for [{n}, {k}]", w.len());
         let mut q = vec![0i8; w.len()];
         let d = w.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).map(|(x, q)| quantize_block(x, q, false)).collect();
         Q8Matrix { n, k, d, quants: Quants::I8(q) }
@@ -272,7 +281,6 @@ const UNIT: usize = 16;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
-
 /// Largest tile: activation rows × weight rows.
 const TM: usize = 4;
 const TN: usize = 4;
@@ -334,7 +342,10 @@ impl Kernel {
                 if is_x86_feature_detected!("avxvnni") {
                     v.push(Kernel::AvxVnni);
                 }
-                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512bw") {
+                if is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512bw")
+                {
                     v.push(Kernel::Vnni512);
                 }
             }
@@ -469,7 +480,12 @@ mod x86 {
 
     /// One `RM × RN` tile over every block of the rows.
     #[inline(always)]
-    unsafe fn tile_fixed<D: Dot, L: Load, const RM: usize, const RN: usize>(a: &Acts, b: &Weights, wq: &L, out: &mut [[f32; TN]; TM]) {
+    unsafe fn tile_fixed<D: Dot, L: Load, const RM: usize, const RN: usize>(
+        a: &Acts,
+        b: &Weights,
+        wq: &L,
+        out: &mut [[f32; TN]; TM],
+    ) {
         let mut acc = [[_mm256_setzero_ps(); RN]; RM];
         let (ad, aq, bd) = (a.d.as_ptr(), a.q.as_ptr(), b.m.d.as_ptr());
         for blk in 0..a.nb {
@@ -581,7 +597,10 @@ mod x86 {
     #[inline(always)]
     unsafe fn scale_pair(d: *const f32) -> __m512 {
         let two = _mm_castpd_ps(_mm_load_sd(d as *const f64));
-        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), _mm512_castps128_ps512(two))
+        _mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+            _mm512_castps128_ps512(two),
+        )
     }
 
     /// The upper eight lanes.
@@ -597,7 +616,12 @@ mod x86 {
     /// them give bit-identical results: gemma-3's greedy tokens proved sensitive to the order of
     /// these additions (top-1 agreement with candle's kernels 0.982 with sixteen-lane sums).
     #[inline(always)]
-    unsafe fn tile_fixed512<L: Load2, const RM: usize, const RN: usize>(a: &Acts, b: &Weights, wq: &L, out: &mut [[f32; TN]; TM]) {
+    unsafe fn tile_fixed512<L: Load2, const RM: usize, const RN: usize>(
+        a: &Acts,
+        b: &Weights,
+        wq: &L,
+        out: &mut [[f32; TN]; TM],
+    ) {
         let mut acc = [[_mm256_setzero_ps(); RN]; RM];
         let (ad, aq, bd) = (a.d.as_ptr(), a.q.as_ptr(), b.m.d.as_ptr());
         let zero = _mm512_setzero_si512();
@@ -658,7 +682,7 @@ mod x86 {
     /// AVX-512 VNNI: 512-bit tiles where the rows hold an even number of blocks, else 256-bit.
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn tile_vnni512(rm: usize, rn: usize, a: &Acts, b: &Weights, out: &mut [[f32; TN]; TM]) {
-        if a.nb % 2 != 0 {
+        if !a.nb.is_multiple_of(2) {
             return tile_vnni512_256(rm, rn, a, b, out);
         }
         match &b.m.quants {
@@ -673,7 +697,9 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn data(len: usize, seed: u32) -> Vec<f32> {
-        (0..len).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0).collect()
+        (0..len)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
     }
 
     /// ggml Q5_0 bytes of an `[n, k]` matrix with pseudo-random quants, fifth bits and scales.
@@ -722,7 +748,14 @@ pub(crate) mod tests {
             let forms = [
                 ("i8", Q8Matrix::quantize(&data(n * k, 7), n, k)),
                 ("q5", Q8Matrix::from_ggml_q5_0(&q5, n, k)),
-                ("q5 widened", Q8Matrix::from_ggml_q8_0(&crate::model::parts::repack_q8_0(candle_core::quantized::GgmlDType::Q5_0, &q5).unwrap(), n, k)),
+                (
+                    "q5 widened",
+                    Q8Matrix::from_ggml_q8_0(
+                        &crate::model::parts::repack_q8_0(candle_core::quantized::GgmlDType::Q5_0, &q5).unwrap(),
+                        n,
+                        k,
+                    ),
+                ),
             ];
             for (name, w) in &forms {
                 let want = reference(w, &x);
@@ -730,7 +763,10 @@ pub(crate) mod tests {
                 for &kernel in &kernels {
                     let got = w.matmul_with(kernel, &x);
                     for (g, r) in got.iter().zip(&want) {
-                        assert!((g - r).abs() <= 1e-4 * r.abs().max(1.0), "{kernel:?} {name} m={m} n={n} k={k}: {g} vs {r}");
+                        assert!(
+                            (g - r).abs() <= 1e-4 * r.abs().max(1.0),
+                            "{kernel:?} {name} m={m} n={n} k={k}: {g} vs {r}"
+                        );
                     }
                     // Integer block products are exact everywhere and every SIMD kernel adds the
                     // floats in the same order: they agree bit for bit (the scalar loop only
@@ -764,7 +800,10 @@ pub(crate) mod tests {
                 for kernel in Kernel::available() {
                     let got = w.matmul_with(kernel, &x);
                     let worst = got.iter().zip(&want).fold(0f32, |a, (g, r)| a.max((g - r).abs()));
-                    assert!(worst <= 1e-5 * scale.max(1.0), "{kernel:?} m={m} n={n} k={k}: off by {worst} at scale {scale}");
+                    assert!(
+                        worst <= 1e-5 * scale.max(1.0),
+                        "{kernel:?} m={m} n={n} k={k}: off by {worst} at scale {scale}"
+                    );
                 }
             }
         }

@@ -189,7 +189,8 @@ mod tests {
             (gate.clone(), Tensor::randn(0f32, 1.0, (2, 29, 977), &dev).unwrap()),
             (extremes.clone(), extremes.ones_like().unwrap()),
         ] {
-            let want = (candle_nn::ops::silu(&gate).unwrap() * &up).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want =
+                (candle_nn::ops::silu(&gate).unwrap() * &up).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let got = silu_mul(&gate, &up).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 2e-6 * (1.0 + b.abs()), "element {i}: {a} against candle's {b}");

@@ -16,12 +16,22 @@ use candle_nn::kv_cache::KvCache;
 /// cached positions `from..=p`, where `from` is 0, or `p + 1 - window` for a sliding window; the
 /// scores are multiplied by `scale`. `None` where this path does not apply (not on the CPU, not
 /// f32, the cache not holding exactly `pos + seq` positions); the caller then uses tensor ops.
-pub fn cached_attention(q: &Tensor, cache: &KvCache, pos: usize, window: Option<usize>, scale: f32) -> Result<Option<Tensor>> {
+pub fn cached_attention(
+    q: &Tensor,
+    cache: &KvCache,
+    pos: usize,
+    window: Option<usize>,
+    scale: f32,
+) -> Result<Option<Tensor>> {
     let (Some(k_all), Some(v_all)) = (cache.k_cache().all_data(), cache.v_cache().all_data()) else {
         return Ok(None);
     };
     let len = cache.current_seq_len();
-    if !q.device().is_cpu() || q.dtype() != candle_core::DType::F32 || k_all.dtype() != candle_core::DType::F32 || window == Some(0) {
+    if !q.device().is_cpu()
+        || q.dtype() != candle_core::DType::F32
+        || k_all.dtype() != candle_core::DType::F32
+        || window == Some(0)
+    {
         return Ok(None);
     }
     let (_, n_head, seq, d) = q.dims4()?;
@@ -65,7 +75,6 @@ pub fn cached_attention(q: &Tensor, cache: &KvCache, pos: usize, window: Option<
     drop((qs, ks, vs));
     Ok(Some(Tensor::from_vec(out, (1, seq, n_head * d), q.device())?))
 }
-
 
 struct Heads<'a> {
     q: &'a [f32],
@@ -190,7 +199,9 @@ mod tests {
     #[test]
     fn decoding_matches_tensor_ops_with_grouped_heads_and_windows() {
         let dev = Device::Cpu;
-        for (n_head, n_kv, d, steps, window) in [(4, 1, 256, 40, None), (14, 2, 64, 70, None), (4, 1, 32, 30, Some(8)), (2, 2, 24, 5, None)] {
+        for (n_head, n_kv, d, steps, window) in
+            [(4, 1, 256, 40, None), (14, 2, 64, 70, None), (4, 1, 32, 30, Some(8)), (2, 2, 24, 5, None)]
+        {
             let mut cache = KvCache::new(2, 128);
             // A prompt of 3 positions, then one position at a time.
             let k0 = Tensor::randn(0f32, 1.0, (1, n_kv, 3, d), &dev).unwrap();
@@ -204,8 +215,16 @@ mod tests {
                 let len = cache.current_seq_len();
                 let from = window.map_or(0, |w: usize| len.saturating_sub(w));
                 let scale = 1.0 / (d as f64).sqrt();
-                let got = cached_attention(&q, &cache, len - 1, window, scale as f32).unwrap().expect("fast path applies");
-                let want = reference(&q, &k.narrow(2, from, len - from).unwrap(), &v.narrow(2, from, len - from).unwrap(), n_head / n_kv, scale, None);
+                let got =
+                    cached_attention(&q, &cache, len - 1, window, scale as f32).unwrap().expect("fast path applies");
+                let want = reference(
+                    &q,
+                    &k.narrow(2, from, len - from).unwrap(),
+                    &v.narrow(2, from, len - from).unwrap(),
+                    n_head / n_kv,
+                    scale,
+                    None,
+                );
                 let diff = max_diff(got, want);
                 assert!(diff < 1e-4, "heads {n_head}/{n_kv} d {d} len {len}: max difference {diff}");
             }
@@ -217,7 +236,9 @@ mod tests {
     #[test]
     fn prompts_match_tensor_ops_with_causal_and_window_masks() {
         let dev = Device::Cpu;
-        for (n_head, n_kv, d, cached, seq, window) in [(14, 2, 64, 0, 37, None), (4, 1, 256, 5, 20, Some(8)), (4, 4, 32, 0, 64, Some(16)), (2, 1, 24, 9, 1, None)] {
+        for (n_head, n_kv, d, cached, seq, window) in
+            [(14, 2, 64, 0, 37, None), (4, 1, 256, 5, 20, Some(8)), (4, 4, 32, 0, 64, Some(16)), (2, 1, 24, 9, 1, None)]
+        {
             let mut cache = KvCache::new(2, 128);
             if cached > 0 {
                 let k0 = Tensor::randn(0f32, 1.0, (1, n_kv, cached, d), &dev).unwrap();
@@ -232,7 +253,10 @@ mod tests {
             let mask = crate::model::parts::causal_mask(seq, cached, window, &dev).unwrap();
             let want = reference(&q, &k, &v, n_head / n_kv, scale, Some(&mask));
             let diff = max_diff(got, want);
-            assert!(diff < 1e-4, "heads {n_head}/{n_kv} d {d} cached {cached} seq {seq} window {window:?}: max difference {diff}");
+            assert!(
+                diff < 1e-4,
+                "heads {n_head}/{n_kv} d {d} cached {cached} seq {seq} window {window:?}: max difference {diff}"
+            );
         }
     }
 
@@ -246,9 +270,15 @@ mod tests {
         let kv = Tensor::zeros((1, 2, 2, 8), candle_core::DType::F32, &dev).unwrap();
         cache.append(&kv, &kv).unwrap();
         let two = Tensor::zeros((1, 2, 2, 8), candle_core::DType::F32, &dev).unwrap();
-        assert!(cached_attention(&two, &cache, 1, None, 1.0).unwrap().is_none(), "queries not the cache's last positions");
+        assert!(
+            cached_attention(&two, &cache, 1, None, 1.0).unwrap().is_none(),
+            "queries not the cache's last positions"
+        );
         assert!(cached_attention(&q, &cache, 1, Some(0), 1.0).unwrap().is_none(), "empty window");
-        assert!(cached_attention(&q.to_dtype(candle_core::DType::F16).unwrap(), &cache, 1, None, 1.0).unwrap().is_none(), "f16 queries");
+        assert!(
+            cached_attention(&q.to_dtype(candle_core::DType::F16).unwrap(), &cache, 1, None, 1.0).unwrap().is_none(),
+            "f16 queries"
+        );
         assert!(cached_attention(&two, &cache, 0, None, 1.0).unwrap().is_some());
         assert!(cached_attention(&q, &cache, 1, None, 1.0).unwrap().is_some());
     }

@@ -56,7 +56,13 @@ pub struct Session {
 }
 
 impl Weights {
-    pub fn from_gguf<R: Read + Seek>(ct: gguf_file::Content, r: &mut R, device: &Device, context: usize, kernels: Kernels) -> Result<Self> {
+    pub fn from_gguf<R: Read + Seek>(
+        ct: gguf_file::Content,
+        r: &mut R,
+        device: &Device,
+        context: usize,
+        kernels: Kernels,
+    ) -> Result<Self> {
         let mut l = Loader { ct: &ct, r, device, kernels };
         let n_head = l.md_u32("gemma3.attention.head_count")?;
         let n_kv_head = l.md_u32("gemma3.attention.head_count_kv")?;
@@ -71,7 +77,12 @@ impl Weights {
 
         let embed_q = l.tensor("token_embd.weight")?;
         let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
-        let output = if l.has("output.weight") { let t = l.tensor("output.weight")?; l.head(t)? } else { l.head(embed_q)? };
+        let output = if l.has("output.weight") {
+            let t = l.tensor("output.weight")?;
+            l.head(t)?
+        } else {
+            l.head(embed_q)?
+        };
         let norm = RmsNorm::from_qtensor(l.tensor("output_norm.weight")?, eps)?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
@@ -99,7 +110,18 @@ impl Weights {
         }
         let rope_local = rope_tables(head_dim, base_local, context, device)?;
         let rope_global = rope_tables(head_dim, base_global, context, device)?;
-        Ok(Weights(Arc::new(Inner { embed, layers, norm, output, rope_local, rope_global, n_head, n_kv_head, head_dim, hidden })))
+        Ok(Weights(Arc::new(Inner {
+            embed,
+            layers,
+            norm,
+            output,
+            rope_local,
+            rope_global,
+            n_head,
+            n_kv_head,
+            head_dim,
+            hidden,
+        })))
     }
 
     pub fn session(&self, max_len: usize) -> Session {
@@ -125,7 +147,8 @@ impl Session {
         for (layer, cache) in w.layers.iter().zip(self.caches.iter_mut()) {
             let residual = x.clone();
             let h = layer.attn_norm.forward(&x)?;
-            let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &h)?.try_into().unwrap();
+            let [q, k, v]: [Tensor; 3] =
+                Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &h)?.try_into().unwrap();
             let q = q.reshape((b, seq, w.n_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
             let k = k.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
@@ -144,7 +167,9 @@ impl Session {
                 None => {
                     let (k, v, mask) = match layer.window {
                         // Decoding one token: keys older than the window are simply left out.
-                        Some(win) if seq == 1 && kv_len > win => (k.narrow(2, kv_len - win, win)?, v.narrow(2, kv_len - win, win)?, None),
+                        Some(win) if seq == 1 && kv_len > win => {
+                            (k.narrow(2, kv_len - win, win)?, v.narrow(2, kv_len - win, win)?, None)
+                        }
                         Some(win) if seq > 1 => {
                             if mask_local.is_none() {
                                 mask_local = Some(causal_mask(seq, pos, Some(win), dev)?);

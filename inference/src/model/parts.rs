@@ -1,9 +1,9 @@
 //! Pieces shared by the architectures: reading tensors (with the optional re-quantization of
 //! slow block types), rotary tables and attention masks.
 use crate::kernels::{Kernels, Linear};
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 #[cfg(test)]
 use candle_core::quantized::QStorage;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 use std::io::{Read, Seek};
 
@@ -67,7 +67,7 @@ pub fn repack_q8_0(dtype: GgmlDType, src: &[u8]) -> Result<Vec<u8>> {
         GgmlDType::Q5_0 => (22, 16i16),
         other => candle_core::bail!("repack_q8_0: {other:?} is not Q4_0 or Q5_0"),
     };
-    if src.len() % block != 0 {
+    if !src.len().is_multiple_of(block) {
         candle_core::bail!("repack_q8_0: {} bytes is not a whole number of {dtype:?} blocks", src.len());
     }
     let mut out = Vec::with_capacity(src.len() / block * 34);
@@ -131,7 +131,8 @@ mod tests {
             let q = QTensor::quantize(&x, dtype).unwrap();
             let packed = repack_q8_0(dtype, &q.data().unwrap()).unwrap();
             assert_eq!(packed.len(), 8 * 512 / 32 * 34);
-            let q8 = QTensor::new(QStorage::from_data(packed.into(), &dev, GgmlDType::Q8_0).unwrap(), (8, 512)).unwrap();
+            let q8 =
+                QTensor::new(QStorage::from_data(packed.into(), &dev, GgmlDType::Q8_0).unwrap(), (8, 512)).unwrap();
             let a = q.dequantize(&dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let b = q8.dequantize(&dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(a, b, "{dtype:?}");

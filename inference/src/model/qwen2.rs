@@ -5,10 +5,10 @@
 //! state ([`Session`]: KV cache) are separate types, so one load serves many concurrent requests.
 //! The KV cache is preallocated for the request's whole length (prompt plus `max_tokens`), so
 //! appending a token copies only that token's keys and values.
-use crate::kernels::{Kernels, Linear};
-use candle_core::quantized::gguf_file;
 use super::attention::cached_attention;
 use super::parts::{causal_mask, rope_tables, Loader};
+use crate::kernels::{Kernels, Linear};
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::Embedding;
@@ -70,7 +70,13 @@ pub struct Session {
 }
 
 impl Weights {
-    pub fn from_gguf<R: Read + Seek>(ct: gguf_file::Content, r: &mut R, device: &Device, context: usize, kernels: Kernels) -> Result<Self> {
+    pub fn from_gguf<R: Read + Seek>(
+        ct: gguf_file::Content,
+        r: &mut R,
+        device: &Device,
+        context: usize,
+        kernels: Kernels,
+    ) -> Result<Self> {
         let arch = ct
             .metadata
             .get("general.architecture")
@@ -90,14 +96,25 @@ impl Weights {
         let embed_q = l.tensor("token_embd.weight")?;
         let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
         // Tied embeddings when there is no separate output head.
-        let output = if l.has("output.weight") { let t = l.tensor("output.weight")?; l.head(t)? } else { l.head(embed_q)? };
+        let output = if l.has("output.weight") {
+            let t = l.tensor("output.weight")?;
+            l.head(t)?
+        } else {
+            l.head(embed_q)?
+        };
         let norm = RmsNorm::from_qtensor(l.tensor("output_norm.weight")?, eps)?;
         let (cos, sin) = rope_tables(head_dim, rope_base, context, device)?;
 
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = |n: &str| format!("blk.{i}.{n}");
-            let mut bias = |n: &str| -> Result<Option<Tensor>> { if l.has(&p(n)) { l.dense(&p(n)).map(Some) } else { Ok(None) } };
+            let mut bias = |n: &str| -> Result<Option<Tensor>> {
+                if l.has(&p(n)) {
+                    l.dense(&p(n)).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
             let (bq, bk, bv) = (bias("attn_q.bias")?, bias("attn_k.bias")?, bias("attn_v.bias")?);
             layers.push(Layer {
                 wq: l.matmul(&p("attn_q.weight"))?,
@@ -109,10 +126,26 @@ impl Weights {
                 wo: l.matmul(&p("attn_output.weight"))?,
                 attn_norm: RmsNorm::from_qtensor(l.tensor(&p("attn_norm.weight"))?, eps)?,
                 ffn_norm: RmsNorm::from_qtensor(l.tensor(&p("ffn_norm.weight"))?, eps)?,
-                mlp: Mlp { gate: l.matmul(&p("ffn_gate.weight"))?, up: l.matmul(&p("ffn_up.weight"))?, down: l.matmul(&p("ffn_down.weight"))? },
+                mlp: Mlp {
+                    gate: l.matmul(&p("ffn_gate.weight"))?,
+                    up: l.matmul(&p("ffn_up.weight"))?,
+                    down: l.matmul(&p("ffn_down.weight"))?,
+                },
             });
         }
-        Ok(Weights(Arc::new(Inner { embed, layers, norm, output, cos, sin, n_head, n_kv_head, head_dim, hidden, interleaved: arch == "llama" })))
+        Ok(Weights(Arc::new(Inner {
+            embed,
+            layers,
+            norm,
+            output,
+            cos,
+            sin,
+            n_head,
+            n_kv_head,
+            head_dim,
+            hidden,
+            interleaved: arch == "llama",
+        })))
     }
 
     pub fn session(&self, max_len: usize) -> Session {
@@ -143,7 +176,8 @@ impl Session {
         for (layer, cache) in w.layers.iter().zip(self.caches.iter_mut()) {
             let residual = &x;
             let h = layer.attn_norm.forward(&x)?;
-            let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &h)?.try_into().unwrap();
+            let [q, k, v]: [Tensor; 3] =
+                Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &h)?.try_into().unwrap();
             let q = add_bias(q, &layer.bq)?;
             let k = add_bias(k, &layer.bk)?;
             let v = add_bias(v, &layer.bv)?;

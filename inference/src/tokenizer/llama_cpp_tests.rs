@@ -44,10 +44,7 @@ fn models_dir() -> PathBuf {
 fn header(file: &str) -> Content {
     let path = models_dir().join(file);
     let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
-        panic!(
-            "model {} is missing ({e}): run `cargo run -p inference --bin fetch-models` first",
-            path.display()
-        )
+        panic!("model {} is missing ({e}): run `cargo run -p inference --bin fetch-models` first", path.display())
     });
     Content::read(&mut f).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
@@ -82,8 +79,7 @@ fn fixtures(name: &str) -> Vec<Case> {
 
 fn special(name: &str) -> Special {
     let path = manifest().join("tests/fixtures/tokenizer/special.json");
-    let all: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     serde_json::from_value(all[name].clone()).unwrap()
 }
 
@@ -94,24 +90,11 @@ fn check_ids(tok: &GgufTokenizer, name: &str) {
     for c in &cases {
         let got = tok.encode(&c.text, false).unwrap();
         if got != c.ids {
-            bad.push(format!(
-                "{:?}\n  llama.cpp: {:?}\n  ours:      {:?}",
-                c.text, c.ids, got
-            ));
+            bad.push(format!("{:?}\n  llama.cpp: {:?}\n  ours:      {:?}", c.text, c.ids, got));
         }
     }
-    eprintln!(
-        "{name}: {}/{} strings match llama.cpp",
-        cases.len() - bad.len(),
-        cases.len()
-    );
-    assert!(
-        bad.is_empty(),
-        "{name}: {} of {} differ:\n{}",
-        bad.len(),
-        cases.len(),
-        bad.join("\n")
-    );
+    eprintln!("{name}: {}/{} strings match llama.cpp", cases.len() - bad.len(), cases.len());
+    assert!(bad.is_empty(), "{name}: {} of {} differ:\n{}", bad.len(), cases.len(), bad.join("\n"));
 }
 
 /// Texts whose Gemma decode is legitimately not the input: a literal "▁" (SentencePiece's space
@@ -139,11 +122,7 @@ fn check_round_trip(tok: &GgufTokenizer, name: &str, with_bos: bool) {
         }
     }
     assert!(n >= 220);
-    assert!(
-        bad.is_empty(),
-        "{name} round trip (bos={with_bos}):\n{}",
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "{name} round trip (bos={with_bos}):\n{}", bad.join("\n"));
 }
 
 fn check_stream(tok: &Arc<GgufTokenizer>, name: &str) {
@@ -164,11 +143,7 @@ fn check_stream(tok: &Arc<GgufTokenizer>, name: &str) {
             }
         }
         out.extend(stream.finish().unwrap());
-        assert_eq!(
-            out,
-            tok.decode(&ids).unwrap(),
-            "{name}: stream vs decode for {text:?}"
-        );
+        assert_eq!(out, tok.decode(&ids).unwrap(), "{name}: stream vs decode for {text:?}");
     }
     // Arbitrary id sequences, including lone/invalid byte tokens, still concatenate to decode().
     let n = tok.vocab_size() as u64;
@@ -189,11 +164,7 @@ fn check_stream(tok: &Arc<GgufTokenizer>, name: &str) {
             out.extend(stream.push(id).unwrap());
         }
         out.extend(stream.finish().unwrap());
-        assert_eq!(
-            out,
-            tok.decode(&ids).unwrap(),
-            "{name}: stream vs decode for {ids:?}"
-        );
+        assert_eq!(out, tok.decode(&ids).unwrap(), "{name}: stream vs decode for {ids:?}");
     }
 }
 
@@ -254,20 +225,9 @@ fn gemma3_special_tokens() {
     assert_eq!(tok.stop_ids(), &[1, 106]);
     assert_eq!(tok.chat_template(), None, "the base model has no template");
     assert_eq!(tok.encode("Hi", true).unwrap(), vec![sp.bos, id("Hi")]);
-    assert_eq!(
-        tok.encode("<bos>Hi", true).unwrap(),
-        vec![sp.bos, id("Hi")],
-        "no double BOS"
-    );
-    assert_eq!(
-        tok.encode("<start_of_turn>", false).unwrap(),
-        vec![id("<start_of_turn>")]
-    );
-    assert_eq!(
-        tok.decode(&[sp.bos, id("<start_of_turn>"), id("user")])
-            .unwrap(),
-        "<start_of_turn>user"
-    );
+    assert_eq!(tok.encode("<bos>Hi", true).unwrap(), vec![sp.bos, id("Hi")], "no double BOS");
+    assert_eq!(tok.encode("<start_of_turn>", false).unwrap(), vec![id("<start_of_turn>")]);
+    assert_eq!(tok.decode(&[sp.bos, id("<start_of_turn>"), id("user")]).unwrap(), "<start_of_turn>user");
 }
 
 #[test]
@@ -289,23 +249,14 @@ fn qwen2_special_tokens() {
             assert!(tok.stop_ids().contains(&e), "llama.cpp eog id {e} missing");
         }
     }
-    assert!(
-        !tok.stop_ids().contains(&id("</s>")),
-        "</s> is ordinary HTML here"
-    );
+    assert!(!tok.stop_ids().contains(&id("</s>")), "</s> is ordinary HTML here");
     assert_eq!(tok.stop_ids(), &[151643, 151645, 151662, 151663, 151664]);
     // llama.cpp forces the normal token "</s>" to a control token: parsed out of the text.
-    assert_eq!(
-        tok.encode("a</s>b", false).unwrap(),
-        vec![id("a"), id("</s>"), id("b")]
-    );
+    assert_eq!(tok.encode("a</s>b", false).unwrap(), vec![id("a"), id("</s>"), id("b")]);
     assert!(!tok.stop_ids().contains(&id("<|im_start|>")));
     assert!(tok.chat_template().unwrap().contains("<|im_start|>"));
     // add_bos is false for Qwen: no BOS even when asked.
-    assert_eq!(
-        tok.encode("Hi", true).unwrap(),
-        tok.encode("Hi", false).unwrap()
-    );
+    assert_eq!(tok.encode("Hi", true).unwrap(), tok.encode("Hi", false).unwrap());
     // Qwen's BOS id is <|endoftext|>: decode keeps it, as the model does not add BOS.
     assert_eq!(tok.decode(&[id("<|endoftext|>")]).unwrap(), "<|endoftext|>");
 }
@@ -313,10 +264,7 @@ fn qwen2_special_tokens() {
 #[test]
 fn unsupported_models_and_overrides() {
     let mut ct = header(QWEN);
-    ct.metadata.insert(
-        "tokenizer.ggml.model".into(),
-        candle_core::quantized::gguf_file::Value::String("bert".into()),
-    );
+    ct.metadata.insert("tokenizer.ggml.model".into(), candle_core::quantized::gguf_file::Value::String("bert".into()));
     let err = GgufTokenizer::from_gguf(&ct).unwrap_err().to_string();
     assert!(err.contains("\"bert\""), "{err}");
 
@@ -345,13 +293,8 @@ fn unsupported_models_and_overrides() {
 
 #[test]
 fn speed() {
-    let prompt: String = fixtures("qwen2")
-        .iter()
-        .map(|c| c.text.as_str())
-        .collect::<String>()
-        .chars()
-        .take(2000)
-        .collect();
+    let prompt: String =
+        fixtures("qwen2").iter().map(|c| c.text.as_str()).collect::<String>().chars().take(2000).collect();
     for (name, tok) in [("gemma3", gemma()), ("qwen2", qwen())] {
         let _ = tok.encode(&prompt, true).unwrap();
         let start = Instant::now();
@@ -363,9 +306,6 @@ fn speed() {
         }
         let per = start.elapsed() / reps;
         eprintln!("{name}: encoding 2,000 chars takes {per:?}");
-        assert!(
-            per.as_millis() < 100,
-            "{name}: encoding 2,000 chars took {per:?}"
-        );
+        assert!(per.as_millis() < 100, "{name}: encoding 2,000 chars took {per:?}");
     }
 }

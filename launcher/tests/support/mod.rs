@@ -55,7 +55,9 @@ pub fn require(cmd: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(cmd)).find(|p| p.is_file()));
     found.unwrap_or_else(|| {
-        panic!("`{cmd}` is not installed: this test needs the Debian package `{package}` (apt-get install -y {package})")
+        panic!(
+            "`{cmd}` is not installed: this test needs the Debian package `{package}` (apt-get install -y {package})"
+        )
     })
 }
 

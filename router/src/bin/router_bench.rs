@@ -106,13 +106,22 @@ impl Stub {
         for i in 0..args.tokens {
             let t = format!(" tok{i}");
             sse.push_str(&encode("token", &serde_json::to_string(&TokenEvent { text: t.clone() }).unwrap()));
-            chat.push_str(&format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]})));
+            chat.push_str(&format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]})
+            ));
             text.push_str(&t);
         }
         let s = stats(&args);
         sse.push_str(&encode("done", &serde_json::to_string(&s).unwrap()));
-        chat.push_str(&format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})));
-        chat.push_str(&format!("data: {}\n\n", json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": args.tokens}})));
+        chat.push_str(&format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+        ));
+        chat.push_str(&format!(
+            "data: {}\n\n",
+            json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": args.tokens}})
+        ));
         chat.push_str("data: [DONE]\n\n");
         let mut whole = serde_json::to_value(&s).unwrap();
         whole["text"] = text.into();
@@ -293,7 +302,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("router"),
     };
-    anyhow::ensure!(bin.exists(), "router binary {} not found; build it with cargo build --release -p router", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "router binary {} not found; build it with cargo build --release -p router",
+        bin.display()
+    );
     let (stub_port, _stub) = run_stub(StubArgs {
         port: 0,
         model_id: "s1".into(),
@@ -325,7 +338,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             _ => f64::NAN,
         };
         for (name, s) in [("direct", &d), ("router", &r)] {
-            println!("| {rate} | {name} | {:.3} | {:.3} | {} | {} | {:.0} |", s.p50, s.p99, s.n, s.errors, s.achieved_rps);
+            println!(
+                "| {rate} | {name} | {:.3} | {:.3} | {} | {} | {:.0} |",
+                s.p50, s.p99, s.n, s.errors, s.achieved_rps
+            );
         }
         added.push((rate, r.p50 - d.p50, r.p99 - d.p99, cpu));
     }

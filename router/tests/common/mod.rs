@@ -104,7 +104,16 @@ impl Redis {
         let bin = which("redis-server").expect("redis-server not installed: apt-get install -y redis-server");
         let p = Proc::spawn(
             &format!("redis-{}", self.port),
-            Command::new(bin).args(["--port", &self.port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]),
+            Command::new(bin).args([
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ]),
         );
         let port = self.port;
         wait_for("redis", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok());
@@ -383,7 +392,8 @@ impl Router {
     /// backend in `healthy` is admitted.
     pub fn start(backends: &[(&str, String)], env: &[(&str, String)], healthy: &[&str]) -> Router {
         let port = free_port();
-        let map: serde_json::Map<String, Value> = backends.iter().map(|(id, url)| (id.to_string(), Value::from(url.clone()))).collect();
+        let map: serde_json::Map<String, Value> =
+            backends.iter().map(|(id, url)| (id.to_string(), Value::from(url.clone()))).collect();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_router"));
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .env("BACKENDS", Value::Object(map).to_string())
@@ -407,7 +417,9 @@ impl Router {
         loop {
             if let Ok(resp) = c.get(format!("{url}/backends")).send() {
                 let v: Value = resp.json().unwrap();
-                let ok = healthy.iter().all(|id| v["backends"].as_array().unwrap().iter().any(|b| b["id"] == *id && b["healthy"] == true));
+                let ok = healthy
+                    .iter()
+                    .all(|id| v["backends"].as_array().unwrap().iter().any(|b| b["id"] == *id && b["healthy"] == true));
                 if ok {
                     break;
                 }

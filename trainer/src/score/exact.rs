@@ -11,7 +11,9 @@ pub const SCORER: &str = "exact";
 /// Score a reply against `expected` under `mode`.
 pub fn score(answer: &str, expected: &str, mode: Normalize) -> Score {
     match exact_match(answer, expected, mode) {
-        Some(span) => Score { quality: 1.0, scorer: SCORER, detail: format!("matched {:?}", truncate(span.trim(), 80)) },
+        Some(span) => {
+            Score { quality: 1.0, scorer: SCORER, detail: format!("matched {:?}", truncate(span.trim(), 80)) }
+        }
         None => Score {
             quality: 0.0,
             scorer: SCORER,

@@ -13,7 +13,9 @@ pub const SCORER: &str = "numeric";
 pub fn score(answer: &str, expected: &str, tolerance: f64) -> anyhow::Result<Score> {
     let want = parse_number(expected).ok_or_else(|| anyhow!("numeric checker answer {expected:?} is not a number"))?;
     Ok(match extract_number(answer) {
-        None => Score { quality: 0.0, scorer: SCORER, detail: format!("no number in the answer (expected {expected})") },
+        None => {
+            Score { quality: 0.0, scorer: SCORER, detail: format!("no number in the answer (expected {expected})") }
+        }
         Some(got) => {
             let ok = numbers_match(got, want, tolerance);
             Score {

@@ -5,16 +5,21 @@
 //! of asserts that pass. Code that fails to compile or raises at import, a timeout, or a program
 //! that exits before the harness reports, is quality 0.
 
+use super::exact::truncate;
 use super::extract::{defines_function, extract_code};
 use super::python::{nonce, run_sandboxed};
-use super::exact::truncate;
 use super::{Score, ScoreContext};
 
 pub const SCORER: &str = "python_tests";
 
 /// The test lines of a `tests` field: every non-empty line that is not a comment.
 pub fn test_lines(tests: &str) -> Vec<String> {
-    tests.lines().map(str::trim_end).filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).map(String::from).collect()
+    tests
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(String::from)
+        .collect()
 }
 
 /// The program run for a reply: its code, then a harness that runs each test line separately
@@ -51,7 +56,11 @@ pub fn score(answer: &str, entry_point: &str, tests: &str, ctx: &ScoreContext) -
     let marker = nonce();
     let run = run_sandboxed(&ctx.python, &program(&code, &tests, &marker), ctx.timeout)?;
     if run.timed_out {
-        return Ok(Score { quality: 0.0, scorer: SCORER, detail: format!("timed out after {:.1}s", run.elapsed.as_secs_f64()) });
+        return Ok(Score {
+            quality: 0.0,
+            scorer: SCORER,
+            detail: format!("timed out after {:.1}s", run.elapsed.as_secs_f64()),
+        });
     }
     let report = run.stdout.lines().rev().find_map(|l| l.strip_prefix(marker.as_str()).map(str::to_owned));
     let Some(report) = report else {
@@ -64,7 +73,9 @@ pub fn score(answer: &str, entry_point: &str, tests: &str, ctx: &ScoreContext) -
     let nums: Vec<usize> = report.split_whitespace().filter_map(|t| t.parse().ok()).collect();
     let (passed, total) = match nums.as_slice() {
         [p, t, ..] if *t > 0 && p <= t => (*p, *t),
-        _ => return Ok(Score { quality: 0.0, scorer: SCORER, detail: format!("unreadable harness report {report:?}") }),
+        _ => {
+            return Ok(Score { quality: 0.0, scorer: SCORER, detail: format!("unreadable harness report {report:?}") })
+        }
     };
     let failed: Vec<String> = nums[2..].iter().map(|i| (i + 1).to_string()).collect();
     let detail = if failed.is_empty() {
