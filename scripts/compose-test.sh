@@ -251,12 +251,14 @@ for s in router m1 m2 prometheus redis; do
   ms=$(( ($(date +%s%N) - t) / 1000000 ))
   code=$(podman inspect --format '{{.State.ExitCode}}' "$c" 2>/dev/null)
   echo "   $s stopped on SIGTERM in ${ms} ms (exit code $code)"
-  if [ "$ms" -ge 5000 ]; then
+  # Exit code 0 before podman's SIGKILL at 10 s: the service stopped by itself. (The router can take
+  # up to its header-read deadline when an idle keep-alive connection is open: 6.9 s seen once.)
+  if [ "$ms" -ge 9500 ] || [ "$code" != 0 ]; then
     slow+=" $s (${ms} ms, exit code $code)"
     echo "   its last log lines:"; podman logs --tail 15 "$c" 2>&1 | sed 's/^/     /'
   fi
 done
-[ -z "$slow" ] || fail "slow to stop on SIGTERM (more than 5 s):$slow"
+[ -z "$slow" ] || fail "not stopped by SIGTERM alone (9.5 s or more, or a nonzero exit code):$slow"
 "${DC[@]}" --profile tools down -v -t 10 >/dev/null 2>&1
 STARTED=
 left=$(podman ps -a -q --filter "label=com.docker.compose.project=$PROJECT" | wc -l)
