@@ -1,37 +1,85 @@
 //! The router's own wire types, for its clients (UI, load tests, benchmarks): the body of the
-//! router's `POST /generate`, and the payloads of the SSE `route` and `done` events it sends
-//! around the relayed `token` events.
-use crate::wire::{DoneStats, StopSpec};
-use serde::{Deserialize, Serialize};
+//! router's `POST /generate` (the service's request plus [`Routing`]), the typed [`Preference`],
+//! and the payloads of the SSE `route` and `done` events it sends around the relayed `token`
+//! events.
+use crate::validation::ValidationError;
+use crate::wire::{DoneStats, GenerateRequest};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
+use std::str::FromStr;
 
-/// Body of the router's `POST /generate`: the model service's fields plus the routing inputs.
+/// `prefer_backend` of a router request: which device class the client wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preference {
+    /// The policy chooses (the default).
+    #[default]
+    Auto,
+    Cpu,
+    /// A GPU backend, falling back to CPU when none is healthy.
+    Gpu,
+}
+
+impl Preference {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preference::Auto => "auto",
+            Preference::Cpu => "cpu",
+            Preference::Gpu => "gpu",
+        }
+    }
+}
+
+impl FromStr for Preference {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, ValidationError> {
+        match s {
+            "auto" => Ok(Preference::Auto),
+            "cpu" => Ok(Preference::Cpu),
+            "gpu" => Ok(Preference::Gpu),
+            other => Err(ValidationError::UnknownPreference(format!("{other:?}"))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Preference {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The fields a router request adds to a model service's request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RouterGenerateRequest {
-    pub prompt: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    #[serde(default, alias = "temperature", skip_serializing_if = "Option::is_none")]
-    pub temp: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_k: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop: Option<StopSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chat: Option<bool>,
+pub struct Routing {
     /// `cpu`, `gpu` or `auto` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefer_backend: Option<String>,
-    /// Force a model name or a backend id; `auto` or absent lets the policy choose.
+    pub prefer_backend: Option<Preference>,
+    /// Force a model name or a backend id; `auto` or absent lets the policy choose. (On the
+    /// OpenAI endpoints this is OpenAI's own `model` field.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
 }
+
+impl Routing {
+    /// The forced model, if any (`auto` and the empty string force nothing).
+    pub fn forced_model(&self) -> Option<String> {
+        self.model.clone().filter(|m| !m.is_empty() && m != "auto")
+    }
+}
+
+/// A router request: a model service's request (`T`) plus the [`Routing`] fields, in one JSON
+/// object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Routed<T> {
+    #[serde(flatten)]
+    pub request: T,
+    #[serde(flatten)]
+    pub routing: Routing,
+}
+
+/// Body of the router's `POST /generate`.
+pub type RouterGenerateRequest = Routed<GenerateRequest>;
 
 /// Payload of the SSE `event: route`, sent before any token (and again if a fallback moves the
 /// request to another backend before its first token).
@@ -104,8 +152,27 @@ mod tests {
     fn request_accepts_temperature_alias_and_routing_fields() {
         let r: RouterGenerateRequest =
             serde_json::from_str(r#"{"prompt":"x","temperature":0,"prefer_backend":"gpu","model":"m2"}"#).unwrap();
-        assert_eq!(r.temp, Some(0.0));
-        assert_eq!(r.prefer_backend.as_deref(), Some("gpu"));
-        assert_eq!(r.model.as_deref(), Some("m2"));
+        assert_eq!(r.request.temp, Some(0.0));
+        assert_eq!(r.routing.prefer_backend, Some(Preference::Gpu));
+        assert_eq!(r.routing.forced_model().as_deref(), Some("m2"));
+        // What the router sends on is the service's request alone, which the service reads back.
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["prefer_backend"], "gpu");
+        let inner: GenerateRequest = serde_json::from_value(serde_json::to_value(&r.request).unwrap()).unwrap();
+        assert_eq!(inner, r.request);
+        let auto: RouterGenerateRequest = serde_json::from_str(r#"{"prompt":"x","model":"auto"}"#).unwrap();
+        assert_eq!(auto.routing.forced_model(), None);
+    }
+
+    #[test]
+    fn an_unknown_preference_is_its_own_error() {
+        let e = crate::validation::parse_json::<RouterGenerateRequest>(br#"{"prompt":"x","prefer_backend":"tpu"}"#)
+            .unwrap_err();
+        assert_eq!(e, ValidationError::UnknownPreference("\"tpu\"".into()));
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.to_string(), r#"prefer_backend must be "cpu", "gpu" or "auto", not "tpu""#);
+        let e = crate::validation::parse_json::<RouterGenerateRequest>(br#"{"prompt":"x","prefer_backend":3}"#)
+            .unwrap_err();
+        assert_eq!(e.status(), 422, "a number is a wrong type: {e}");
     }
 }

@@ -42,8 +42,39 @@ pub enum MetaError {
     Invalid { path: String, message: String },
 }
 
+/// A routing decision over the classes: the class that answers, and the top class with its
+/// probability (they differ when the router was unsure).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassChoice {
+    pub class: usize,
+    pub top: usize,
+    pub top_p: f64,
+    /// The top class was below the confidence threshold, so the fallback class answers.
+    pub low_confidence: bool,
+}
+
+/// The routing rule, shared by the router and the trainer that tunes its threshold: the most
+/// probable class, or `fallback` when that class's probability is below `threshold`.
+/// `probs` must not be empty.
+pub fn route(probs: &[f64], threshold: f64, fallback: usize) -> ClassChoice {
+    let (top, top_p) =
+        probs.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).expect("at least one class");
+    let low_confidence = top_p < threshold;
+    ClassChoice { class: if low_confidence { fallback } else { top }, top, top_p, low_confidence }
+}
+
 impl RouterModelMeta {
     pub const VERSION: u32 = 1;
+
+    /// Index of [`Self::fallback_model`] in [`Self::classes`] (checked by [`Self::check`]).
+    pub fn fallback_class(&self) -> usize {
+        self.classes.iter().position(|c| *c == self.fallback_model).unwrap_or(self.classes.len() - 1)
+    }
+
+    /// [`route`] with this model's threshold and fallback.
+    pub fn route(&self, probs: &[f64]) -> ClassChoice {
+        route(probs, self.confidence_threshold, self.fallback_class())
+    }
 
     /// Read and check `dir/meta.json`.
     pub fn load(dir: &Path) -> Result<Self, MetaError> {
@@ -76,5 +107,20 @@ impl RouterModelMeta {
             return Err("confidence_threshold must be in [0, 1]".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_top_class_answers_unless_it_is_below_the_threshold() {
+        let c = route(&[0.2, 0.5, 0.3], 0.4, 2);
+        assert_eq!((c.class, c.top, c.low_confidence), (1, 1, false));
+        let c = route(&[0.2, 0.5, 0.3], 0.6, 2);
+        assert_eq!((c.class, c.top, c.top_p, c.low_confidence), (2, 1, 0.5, true));
+        // At the threshold exactly the top class still answers.
+        assert_eq!(route(&[0.5, 0.5], 0.5, 1).class, 0);
     }
 }

@@ -2,20 +2,7 @@
 //! metadata) rendered with minijinja, the way Hugging Face's `apply_chat_template` does.
 use anyhow::{Context, Result};
 use minijinja::{context, Environment, ErrorKind};
-use serde::{Deserialize, Serialize};
-
-/// One chat message. `content` is plain text (OpenAI content parts are joined before this).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn user(content: impl Into<String>) -> Self {
-        Message { role: "user".into(), content: content.into() }
-    }
-}
+use polyllm_common::openai::Message;
 
 /// A compiled chat template.
 pub struct ChatTemplate {

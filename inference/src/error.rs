@@ -2,16 +2,14 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use polyllm_common::validation::ValidationError;
 use polyllm_common::wire::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Malformed JSON or a request the service cannot take (400).
-    #[error("{0}")]
-    BadRequest(String),
-    /// Well-formed JSON with missing fields or wrong types (422).
-    #[error("{0}")]
-    Unprocessable(String),
+    /// The request breaks one of the contract's rules (400, or 422 for a body of the wrong shape).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
     /// The model is still loading or warming up (503).
     #[error("the model is loading; retry shortly")]
     Loading,
@@ -26,8 +24,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(e) => StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
             ApiError::Loading | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -35,7 +32,7 @@ impl ApiError {
 
     pub fn kind(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) | ApiError::Unprocessable(_) => "invalid_request_error",
+            ApiError::Invalid(e) => e.kind(),
             ApiError::Loading => "model_loading",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Internal(_) => "server_error",

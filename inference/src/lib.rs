@@ -26,5 +26,6 @@ pub mod openai;
 pub mod sampling;
 pub mod scheduler;
 pub mod server;
+pub mod state;
 pub mod tokenizer;
 pub mod validation;

@@ -1,98 +1,22 @@
 //! The OpenAI-compatible API: `/v1/chat/completions`, `/v1/completions` and `/v1/models`,
 //! streaming (`data:` chunks ending in `[DONE]`) and not, so existing OpenAI clients work unchanged.
-use crate::chat::Message;
+//! The request bodies and their conversion to messages or a prompt are the contract's
+//! ([`polyllm_common::openai`]).
 use crate::engine::Event;
 use crate::error::ApiError;
-use crate::server::SharedState;
-use crate::validation::{self, PromptInput, SamplingInput, ValidJson};
+use crate::state::SharedState;
+use crate::validation::{self, PromptInput, ValidJson};
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
-use polyllm_common::wire::{DoneStats, ErrorBody, StopSpec};
-use serde::Deserialize;
+use polyllm_common::openai::{chat_messages, completion_prompt, ChatCompletionRequest, Common, CompletionRequest};
+use polyllm_common::wire::{DoneStats, ErrorBody};
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio_stream::wrappers::ReceiverStream;
-
-/// Message content: a string, or a list of parts of which the text parts are used.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ContentPart {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub text: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    #[serde(default)]
-    pub content: Option<Content>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
-}
-
-/// Fields common to both endpoints. Unknown fields (penalties, `user`, ...) are accepted and ignored.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Common {
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub max_tokens: Option<u32>,
-    #[serde(default)]
-    pub max_completion_tokens: Option<u32>,
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    #[serde(default)]
-    pub top_k: Option<u32>,
-    #[serde(default)]
-    pub seed: Option<u64>,
-    #[serde(default)]
-    pub stop: Option<StopSpec>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    pub n: Option<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatCompletionRequest {
-    pub messages: Vec<ChatMessage>,
-    #[serde(flatten)]
-    pub common: Common,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum PromptSpec {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct CompletionRequest {
-    pub prompt: PromptSpec,
-    #[serde(flatten)]
-    pub common: Common,
-}
 
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -104,23 +28,6 @@ fn usage(s: &DoneStats) -> Value {
         "completion_tokens": s.completion_tokens,
         "total_tokens": s.prompt_tokens + s.completion_tokens,
     })
-}
-
-impl Common {
-    /// The sampling fields, before [`validation::sampling`] checks them.
-    pub fn sampling(&self) -> Result<SamplingInput, ApiError> {
-        if self.n.unwrap_or(1) != 1 {
-            return Err(ApiError::BadRequest("only n = 1 is supported".into()));
-        }
-        Ok(SamplingInput {
-            max_tokens: self.max_completion_tokens.or(self.max_tokens),
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed: self.seed,
-            stop: self.stop.clone().map(StopSpec::into_vec).unwrap_or_default(),
-        })
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -175,7 +82,7 @@ async fn run(
         return Err(ApiError::Internal("generation ended without a result".into()));
     }
 
-    let include_usage = common.stream_options.map(|o| o.include_usage).unwrap_or(false);
+    let include_usage = common.include_usage();
     let chunk = move |choices: Value, usage: Option<Value>| {
         let mut v = json!({"id": id, "object": chunk_object, "created": created, "model": model, "choices": choices});
         if let Some(u) = usage {
@@ -223,42 +130,13 @@ async fn run(
     Ok(Sse::new(stream).into_response())
 }
 
-/// A chat request's messages as the template's input: text content, or its text parts joined;
-/// any other part type is refused.
-pub fn chat_messages(messages: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
-    let mut out = Vec::with_capacity(messages.len());
-    for m in messages {
-        let content = match m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t,
-            Some(Content::Parts(parts)) => {
-                if let Some(p) = parts.iter().find(|p| p.kind != "text") {
-                    return Err(ApiError::BadRequest(format!("content part type {:?} is not supported", p.kind)));
-                }
-                parts.into_iter().filter_map(|p| p.text).collect::<Vec<_>>().join("")
-            }
-        };
-        out.push(Message { role: m.role, content });
-    }
-    Ok(out)
-}
-
-/// A completion request's prompt: one string, or a list of exactly one.
-pub fn completion_prompt(prompt: PromptSpec) -> Result<String, ApiError> {
-    match prompt {
-        PromptSpec::One(p) => Ok(p),
-        PromptSpec::Many(mut v) if v.len() == 1 => Ok(v.remove(0)),
-        PromptSpec::Many(_) => Err(ApiError::BadRequest("exactly one prompt per request is supported".into())),
-    }
-}
-
 pub async fn chat_completions(
     State(st): State<SharedState>,
     body: Result<ValidJson<ChatCompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let ValidJson(req) = body.inspect_err(|e| st.refused(e))?;
-    let messages = chat_messages(req.messages).inspect_err(|e| st.refused(e))?;
+    let messages = chat_messages(req.messages).map_err(ApiError::from).inspect_err(|e| st.refused(e))?;
     run(st, req.common, PromptInput::Chat(messages), Kind::Chat, received).await
 }
 
@@ -268,7 +146,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let ValidJson(req) = body.inspect_err(|e| st.refused(e))?;
-    let prompt = completion_prompt(req.prompt).inspect_err(|e| st.refused(e))?;
+    let prompt = completion_prompt(req.prompt).map_err(ApiError::from).inspect_err(|e| st.refused(e))?;
     run(st, req.common, PromptInput::Text(prompt), Kind::Completion, received).await
 }
 

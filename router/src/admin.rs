@@ -26,7 +26,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether the request carries the admin token.
 pub fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = st.config.admin_token.as_deref().filter(|t| !t.is_empty()) else { return false };
+    let Some(token) = st.config.access.admin_token.as_deref().filter(|t| !t.is_empty()) else { return false };
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use polyllm_common::listener::ConnObserver;
+use polyllm_common::validation::ValidationError;
 use std::time::Duration;
 
 /// The request-body bounds of [`body_deadline`].
@@ -42,7 +43,7 @@ pub async fn body_deadline(State(limits): State<BodyLimits>, req: Request, next:
     let (parts, body) = req.into_parts();
     match tokio::time::timeout(limits.timeout, read_capped(body, limits.max_bytes.saturating_add(1))).await {
         Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
-        Ok(Err(e)) => with_request_id(ApiError::BadRequest(format!("could not read the request body: {e}"))),
+        Ok(Err(e)) => with_request_id(ValidationError::Syntax(format!("could not read the request body: {e}")).into()),
         Err(_) => with_request_id(ApiError::Timeout(format!(
             "request body not received within {} ms",
             limits.timeout.as_millis()

@@ -2,16 +2,14 @@
 //! `ErrorBody` (`{"error": {"message", "type"}}`), the same shape the model services use.
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use polyllm_common::validation::ValidationError;
 use polyllm_common::wire::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Malformed JSON or a semantically invalid field.
-    #[error("{0}")]
-    BadRequest(String),
-    /// Well-formed JSON with a field of the wrong type or a missing field.
-    #[error("{0}")]
-    Unprocessable(String),
+    /// The request breaks one of the contract's rules (400, or 422 for a body of the wrong shape).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
     /// The client did not send its request body in time.
@@ -33,8 +31,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(e) => StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
@@ -47,7 +44,7 @@ impl ApiError {
 
     pub fn kind(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) | ApiError::Unprocessable(_) => "invalid_request_error",
+            ApiError::Invalid(e) => e.kind(),
             ApiError::TooLarge(_) => "request_too_large",
             ApiError::Timeout(_) => "request_timeout",
             ApiError::ModelNotFound(_) => "model_not_found",

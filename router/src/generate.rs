@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::Stream;
 use polyllm_common::route::{RouteEvent, RouterDone};
 use polyllm_common::sse;
+use polyllm_common::validation::ValidationError;
 use polyllm_common::wire::{ErrorBody, TokenEvent};
 use serde::Serialize;
 use std::convert::Infallible;
@@ -34,7 +35,7 @@ pub fn body_error(e: BytesRejection, max: usize) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::TooLarge(max)
     } else {
-        ApiError::BadRequest(e.body_text())
+        ValidationError::Syntax(e.body_text()).into()
     }
 }
 
@@ -59,9 +60,9 @@ pub async fn generate(
     };
     let body = match body {
         Ok(b) => b,
-        Err(e) => return fail(&st, &adm, "", body_error(e, st.config.max_body_bytes)),
+        Err(e) => return fail(&st, &adm, "", body_error(e, st.config.server.max_body_bytes)),
     };
-    let req = match validation::generate(&body, Limits { max_prompt_chars: st.config.max_prompt_chars }) {
+    let req = match validation::generate(&body, Limits { max_prompt_chars: st.config.server.max_prompt_chars }) {
         Ok(r) => r,
         Err(e) => return fail(&st, &adm, "", e),
     };

@@ -18,8 +18,9 @@ use polyllm_common::router_model::{RouterModelMeta, META_FILE, MODEL_FILE};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::policy::{BaselinePolicy, Candidate, Decision, PolicyError, Preference, RoutingContext, RoutingPolicy};
+use crate::policy::{BaselinePolicy, Candidate, Decision, PolicyError, RoutingContext, RoutingPolicy};
 use polyllm_common::gbdt::Predictor;
+use polyllm_common::route::Preference;
 
 /// How many of the largest feature contributions the route event carries.
 pub const TOP_CONTRIBUTIONS: usize = 6;
@@ -289,18 +290,18 @@ impl RoutingPolicy for LearnedPolicy {
         let meta = &model.meta;
         let probs: BTreeMap<String, f64> =
             meta.classes.iter().cloned().zip(pred.probabilities.iter().copied()).collect();
-        let (top_i, top_p) = pred
-            .probabilities
-            .iter()
-            .copied()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .ok_or(PolicyError::NoCandidate)?;
+        if pred.probabilities.len() != meta.classes.len() {
+            let (got, classes) = (pred.probabilities.len(), meta.classes.len());
+            return Err(PolicyError::Failed(format!("the model gave {got} probabilities for {classes} classes")));
+        }
+        // The routing rule, shared with the trainer: the top class, or the fallback when unsure.
+        let choice = meta.route(&pred.probabilities);
+        let (top_i, top_p) = (choice.top, choice.top_p);
         let top = &meta.classes[top_i];
 
         let mut reason;
         let chosen: Option<&Candidate>;
-        if top_p < meta.confidence_threshold {
+        if choice.low_confidence {
             reason = format!(
                 "low_confidence: best guess {top} at p={top_p:.2} is below the threshold {:.2}, so the largest model answers",
                 meta.confidence_threshold

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod keys;
 pub mod learned;
 pub mod logging;
 pub mod metrics;
@@ -39,10 +40,10 @@ pub async fn serve(
     let c = &state.config;
     // Learn which backends are up before the first request is read, so that a router that has just
     // (re)started does not answer "no healthy backend" for its first moments.
-    state.registry.check_all(&state.client, Duration::from_millis(c.health_timeout_ms), &state.metrics).await;
+    state.registry.check_all(&state.client, Duration::from_millis(c.backends.health_timeout_ms), &state.metrics).await;
     state.spawn_background();
     let app = server::router(state.clone());
-    polyllm_common::listener::serve(listener, app, c.conn.clone(), state.metrics.clone(), shutdown).await?;
+    polyllm_common::listener::serve(listener, app, c.server.conn.clone(), state.metrics.clone(), shutdown).await?;
     state.shutdown();
     Ok(())
 }

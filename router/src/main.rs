@@ -2,7 +2,6 @@
 //! terminal; see `router::logging`), the runtime, the listener, and a graceful shutdown on
 //! SIGTERM or Ctrl-C.
 use anyhow::Context;
-use clap::Parser;
 use router::config::Config;
 use router::state::AppState;
 use std::sync::Arc;
@@ -31,10 +30,10 @@ async fn shutdown_signal() {
 }
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = Config::load()?;
     router::logging::init();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.worker_threads {
+    if let Some(n) = config.server.worker_threads {
         rt.worker_threads(n.max(1));
     }
     let res = rt.enable_all().build().context("starting the runtime")?.block_on(run(config));

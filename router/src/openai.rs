@@ -3,13 +3,15 @@
 //! (`data:` chunks ending in `[DONE]`) and not. Chat requests go to the chosen backend's own
 //! `/v1/chat/completions` (its chat template applies); completions go to its `/generate`. The
 //! routing decision rides along as an extra `route` field and the `X-Routed-*` headers, which
-//! OpenAI clients ignore.
+//! OpenAI clients ignore. The request bodies are the contract's ([`polyllm_common::openai`]) plus
+//! the routing fields ([`Routed`]).
+use crate::cache::normalize_prompt;
 use crate::error::ApiError;
 use crate::generate::body_error;
 use crate::pipeline::{self, decorate, fail, prompt_hash, sse_headers, Started};
 use crate::proxy::Out;
 use crate::state::AppState;
-use crate::validation::{self, bad, check_prompt, check_sampling, parse_json, Limits, Protocol, RouterRequest};
+use crate::validation::{Limits, Protocol, RouterRequest};
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
@@ -17,9 +19,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::Stream;
-use polyllm_common::route::{RouteEvent, RouterDone};
+use polyllm_common::openai::{chat_messages, completion_prompt, ChatCompletionRequest, CompletionRequest, Message};
+use polyllm_common::route::{RouteEvent, Routed, RouterDone};
+use polyllm_common::validation::{check_prompt, parse_json};
 use polyllm_common::wire::{ErrorBody, GenerateRequest, StopSpec};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -28,95 +32,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ContentPart {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub text: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    #[serde(default)]
-    pub content: Option<Content>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
-}
-
-/// Fields both endpoints take. Unknown fields (penalties, `user` …) are accepted and ignored.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Common {
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub max_tokens: Option<u32>,
-    #[serde(default)]
-    pub max_completion_tokens: Option<u32>,
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    #[serde(default)]
-    pub top_k: Option<u32>,
-    #[serde(default)]
-    pub seed: Option<u64>,
-    #[serde(default)]
-    pub stop: Option<StopSpec>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    pub n: Option<u32>,
-    /// Extension: `cpu`, `gpu` or `auto`.
-    #[serde(default)]
-    pub prefer_backend: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatCompletionRequest {
-    pub messages: Vec<ChatMessage>,
-    #[serde(flatten)]
-    pub common: Common,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum PromptSpec {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct CompletionRequest {
-    pub prompt: PromptSpec,
-    #[serde(flatten)]
-    pub common: Common,
-}
-
-#[derive(Serialize)]
-struct UpMessage {
-    role: String,
-    content: String,
-}
-
 /// The body sent to a backend's `/v1/chat/completions`.
 #[derive(Serialize)]
 struct UpChat<'a> {
-    messages: &'a [UpMessage],
+    messages: &'a [Message],
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,45 +58,21 @@ enum Kind {
     Completion,
 }
 
-impl Common {
-    fn check(&self) -> Result<Option<u32>, ApiError> {
-        if self.n.unwrap_or(1) != 1 {
-            return Err(bad("only n = 1 is supported"));
-        }
-        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
-        check_sampling(max_tokens, self.temperature, self.top_p, self.stop.as_ref())?;
-        Ok(max_tokens)
-    }
-}
-
 /// A `/v1/chat/completions` body as the router's request, and whether the usage goes into the stream.
 pub fn chat_request(body: &[u8], limits: Limits) -> Result<(RouterRequest, bool), ApiError> {
-    let req: ChatCompletionRequest = parse_json(body)?;
-    let c = &req.common;
-    let max_tokens = c.check()?;
-    if req.messages.is_empty() {
-        return Err(bad("messages must not be empty"));
-    }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
-        let content = match &m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => crate::cache::normalize_prompt(t, true),
-            Some(Content::Parts(parts)) => {
-                if let Some(p) = parts.iter().find(|p| p.kind != "text") {
-                    return Err(bad(format!("content part type {:?} is not supported", p.kind)));
-                }
-                let joined: String = parts.iter().filter_map(|p| p.text.as_deref()).collect();
-                crate::cache::normalize_prompt(&joined, true)
-            }
-        };
-        messages.push(UpMessage { role: m.role.clone(), content });
-    }
+    let Routed { request, routing }: Routed<ChatCompletionRequest> = parse_json(body)?;
+    let c = &request.common;
+    let sampling = c.sampling()?;
+    sampling.check(None)?;
+    let messages: Vec<Message> = chat_messages(request.messages)?
+        .into_iter()
+        .map(|m| Message { content: normalize_prompt(&m.content, true), ..m })
+        .collect();
     let prompt = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
-    check_prompt(&prompt, "messages", limits)?;
+    check_prompt(&prompt, "messages", Some(limits.max_prompt_chars))?;
     let up = UpChat {
         messages: &messages,
-        max_tokens,
+        max_tokens: sampling.max_tokens,
         temperature: c.temperature,
         top_p: c.top_p,
         top_k: c.top_k,
@@ -187,38 +82,34 @@ pub fn chat_request(body: &[u8], limits: Limits) -> Result<(RouterRequest, bool)
         stream_options: json!({"include_usage": true}),
     };
     let upstream_body = Bytes::from(serde_json::to_vec(&up).map_err(|e| ApiError::Internal(e.to_string()))?);
-    let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
     Ok((
         RouterRequest {
             prompt,
             chat: true,
-            max_tokens,
+            max_tokens: sampling.max_tokens,
             temp: c.temperature,
             seed: c.seed,
-            preference: validation::parse_preference(c.prefer_backend.as_deref())?,
-            model: c.model.clone().filter(|m| !m.is_empty() && m != "auto"),
+            preference: routing.prefer_backend.unwrap_or_default(),
+            model: routing.forced_model(),
             stream: c.stream.unwrap_or(false),
             protocol: Protocol::OpenAiChat,
             upstream_body,
         },
-        include_usage,
+        c.include_usage(),
     ))
 }
 
 /// A `/v1/completions` body as the router's request, and whether the usage goes into the stream.
 pub fn completion_request(body: &[u8], limits: Limits) -> Result<(RouterRequest, bool), ApiError> {
-    let req: CompletionRequest = parse_json(body)?;
-    let c = &req.common;
-    let max_tokens = c.check()?;
-    let prompt = match req.prompt {
-        PromptSpec::One(p) => p,
-        PromptSpec::Many(mut v) if v.len() == 1 => v.remove(0),
-        PromptSpec::Many(_) => return Err(bad("exactly one prompt per request is supported")),
-    };
-    check_prompt(&prompt, "prompt", limits)?;
+    let Routed { request, routing }: Routed<CompletionRequest> = parse_json(body)?;
+    let c = &request.common;
+    let sampling = c.sampling()?;
+    sampling.check(None)?;
+    let prompt = completion_prompt(request.prompt)?;
+    check_prompt(&prompt, "prompt", Some(limits.max_prompt_chars))?;
     let up = GenerateRequest {
-        prompt: crate::cache::normalize_prompt(&prompt, false),
-        max_tokens,
+        prompt: normalize_prompt(&prompt, false),
+        max_tokens: sampling.max_tokens,
         temp: c.temperature,
         top_p: c.top_p,
         top_k: c.top_k,
@@ -228,21 +119,20 @@ pub fn completion_request(body: &[u8], limits: Limits) -> Result<(RouterRequest,
         chat: Some(false),
     };
     let upstream_body = Bytes::from(serde_json::to_vec(&up).map_err(|e| ApiError::Internal(e.to_string()))?);
-    let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
     Ok((
         RouterRequest {
             prompt: up.prompt,
             chat: false,
-            max_tokens,
+            max_tokens: sampling.max_tokens,
             temp: c.temperature,
             seed: c.seed,
-            preference: validation::parse_preference(c.prefer_backend.as_deref())?,
-            model: c.model.clone().filter(|m| !m.is_empty() && m != "auto"),
+            preference: routing.prefer_backend.unwrap_or_default(),
+            model: routing.forced_model(),
             stream: c.stream.unwrap_or(false),
             protocol: Protocol::Generate,
             upstream_body,
         },
-        include_usage,
+        c.include_usage(),
     ))
 }
 
@@ -393,9 +283,9 @@ async fn serve(
     };
     let body = match body {
         Ok(b) => b,
-        Err(e) => return fail(&st, &adm, "", body_error(e, st.config.max_body_bytes)),
+        Err(e) => return fail(&st, &adm, "", body_error(e, st.config.server.max_body_bytes)),
     };
-    let limits = Limits { max_prompt_chars: st.config.max_prompt_chars };
+    let limits = Limits { max_prompt_chars: st.config.server.max_prompt_chars };
     let parsed = match kind {
         Kind::Chat => chat_request(&body, limits),
         Kind::Completion => completion_request(&body, limits),

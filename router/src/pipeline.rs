@@ -145,10 +145,10 @@ pub async fn start(
 ) -> Result<Started, ApiError> {
     let path = req.protocol.path();
     let key = match &st.cache {
-        Some(_) if cacheable(req.temp, req.seed, st.config.default_temp) => {
+        Some(_) if cacheable(req.temp, req.seed, st.config.cache.default_temp) => {
             // With API keys on, each key has its own entries unless the operator shares them:
             // one tenant's answer (and a HIT that says what others asked) never reaches another.
-            let tenant = (st.api_keys.is_some() && !st.config.shared_cache).then_some(&*adm.identity.key);
+            let tenant = (st.api_keys.is_some() && !st.config.cache.shared_cache).then_some(&*adm.identity.key);
             Some(cache_key(path, &req.upstream_body, req.preference.as_str(), req.model.as_deref(), tenant))
         }
         _ => None,
@@ -205,7 +205,7 @@ pub async fn start(
                 &ctx,
                 preference,
                 model.as_deref(),
-                st2.config.fallback_model.as_deref(),
+                st2.config.routing.fallback_model.as_deref(),
             )
         })
         .await
@@ -224,7 +224,7 @@ pub async fn start(
             &ctx,
             req.preference,
             req.model.as_deref(),
-            st.config.fallback_model.as_deref(),
+            st.config.routing.fallback_model.as_deref(),
         )?
     };
     let routing = r0.elapsed();

@@ -5,42 +5,10 @@
 use crate::backends::{Backend, Registry};
 use crate::config::PolicyKind;
 use crate::error::ApiError;
+use polyllm_common::route::Preference;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::Arc;
-
-/// `prefer_backend` of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preference {
-    #[default]
-    Auto,
-    Cpu,
-    Gpu,
-}
-
-impl Preference {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Preference::Auto => "auto",
-            Preference::Cpu => "cpu",
-            Preference::Gpu => "gpu",
-        }
-    }
-}
-
-impl FromStr for Preference {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Preference::Auto),
-            "cpu" => Ok(Preference::Cpu),
-            "gpu" => Ok(Preference::Gpu),
-            other => Err(format!("prefer_backend must be \"cpu\", \"gpu\" or \"auto\", not {other:?}")),
-        }
-    }
-}
 
 /// Cheap facts about the prompt, for policies that want them without re-scanning the text.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

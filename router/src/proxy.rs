@@ -423,11 +423,14 @@ async fn attempt(
             Err(_) if !sent => {
                 return Attempt::Next {
                     reason: "first_token_timeout",
-                    detail: format!("no first token within {} ms", st.config.first_token_timeout_ms),
+                    detail: format!("no first token within {} ms", st.config.backends.first_token_timeout_ms),
                 }
             }
             Err(_) => {
-                return fail_after(format!("backend {} sent nothing for {} ms", backend.id, st.config.token_timeout_ms))
+                return fail_after(format!(
+                    "backend {} sent nothing for {} ms",
+                    backend.id, st.config.backends.token_timeout_ms
+                ))
             }
             Ok(None) | Ok(Some(Err(_))) if !sent => {
                 return Attempt::Next {

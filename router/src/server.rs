@@ -18,13 +18,13 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
 
 pub fn router(st: Arc<AppState>) -> Router {
-    let max_body = st.config.max_body_bytes;
+    let max_body = st.config.server.max_body_bytes;
     let body_limits = crate::bounds::BodyLimits {
-        timeout: std::time::Duration::from_millis(st.config.body_read_timeout_ms),
+        timeout: std::time::Duration::from_millis(st.config.server.body_read_timeout_ms),
         max_bytes: max_body,
     };
-    let ui = st.config.ui_dir.clone();
-    let admin_on = st.config.admin_token.as_deref().is_some_and(|t| !t.is_empty());
+    let ui = st.config.server.ui_dir.clone();
+    let admin_on = st.config.access.admin_token.as_deref().is_some_and(|t| !t.is_empty());
     let keyed = Router::new()
         .route("/generate", post(generate::generate))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -44,7 +44,7 @@ pub fn router(st: Arc<AppState>) -> Router {
             .route("/admin/reload_model", post(crate::admin::reload_model))
             .route("/admin/reset_stats", post(crate::admin::reset_stats));
     }
-    let cors = cors_layer(&st.config.cors_origins);
+    let cors = cors_layer(&st.config.server.cors_origins);
     // Every route's body is read within the deadline and the size limit before its handler runs.
     let api = api.layer(axum::middleware::from_fn_with_state(body_limits, crate::bounds::body_deadline)).with_state(st);
     let api = match cors {

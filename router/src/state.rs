@@ -47,7 +47,7 @@ pub struct AppState {
     /// The learned policy, when the router runs one (for its admin and status endpoints).
     pub learned: Option<Arc<LearnedPolicy>>,
     /// The accepted API keys, when `--api-keys` requires them.
-    pub api_keys: Option<crate::auth::ApiKeys>,
+    pub api_keys: Option<crate::keys::ApiKeys>,
     /// identity -> its latest request's decision and stats.
     last: moka::sync::Cache<Arc<str>, Arc<Value>>,
 }
@@ -69,33 +69,33 @@ impl AppState {
     /// Builds the state from the configuration, with `policy` deciding routes.
     pub fn new(config: Config, policy: Arc<dyn RoutingPolicy>) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(Registry::load(&config.backends).context("loading --backends")?);
+        let registry = Arc::new(Registry::load(&config.backends.backends).context("loading --backends")?);
         metrics.init_backends(registry.all().iter().map(|b| &*b.id));
-        let redis = match config.redis_url.as_deref().filter(|u| !u.is_empty()) {
+        let redis = match config.redis.redis_url.as_deref().filter(|u| !u.is_empty()) {
             Some(url) => Some(Arc::new(
                 RedisConn::new(
                     url,
-                    &config.redis_key_prefix,
-                    Duration::from_millis(config.redis_timeout_ms),
-                    Duration::from_millis(config.redis_retry_ms),
+                    &config.redis.redis_key_prefix,
+                    Duration::from_millis(config.redis.redis_timeout_ms),
+                    Duration::from_millis(config.redis.redis_retry_ms),
                     metrics.clone(),
                 )
                 .context("REDIS_URL")?,
             )),
             None => None,
         };
-        let cache: Option<Arc<dyn ResponseCache>> = match (config.cache_ttl_secs, &redis) {
+        let cache: Option<Arc<dyn ResponseCache>> = match (config.cache.cache_ttl_secs, &redis) {
             (0, _) => None,
             (ttl, Some(r)) => Some(Arc::new(RedisCache::new(r.clone(), Duration::from_secs(ttl)))),
-            (ttl, None) => Some(Arc::new(MokaCache::new(Duration::from_secs(ttl), config.cache_max_entries))),
+            (ttl, None) => Some(Arc::new(MokaCache::new(Duration::from_secs(ttl), config.cache.cache_max_entries))),
         };
-        let mut overrides = match &config.rate_limit_overrides {
+        let mut overrides = match &config.limits.rate_limit_overrides {
             Some(p) => load_overrides(p)?,
             None => Default::default(),
         };
-        let api_keys = match &config.api_keys {
+        let api_keys = match &config.access.api_keys {
             Some(p) => {
-                let keys = crate::auth::ApiKeys::load(p)?;
+                let keys = crate::keys::ApiKeys::load(p)?;
                 tracing::info!(keys = keys.len(), "API keys required on the model endpoints");
                 overrides.extend(keys.limits());
                 Some(keys)
@@ -106,13 +106,13 @@ impl AppState {
         let mut known: Vec<String> = overrides.keys().cloned().collect();
         known.extend(api_keys.iter().flat_map(|k| k.identities()));
         let mut limiter = RateLimiter::new(
-            Limit { rps: config.rate_limit_rps, burst: config.rate_limit_burst },
+            Limit { rps: config.limits.rate_limit_rps, burst: config.limits.rate_limit_burst },
             overrides,
             redis.clone(),
         );
-        limiter.identifier = Identifier::new(known, config.trusted_proxies.clone());
+        limiter.identifier = Identifier::new(known, config.limits.trusted_proxies.clone());
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .connect_timeout(Duration::from_millis(config.backends.connect_timeout_ms))
             .tcp_nodelay(true)
             .pool_max_idle_per_host(1024)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -120,10 +120,15 @@ impl AppState {
             .no_proxy()
             .build()
             .context("building the HTTP client")?;
-        let reqlog = match &config.response_log_dir {
+        let reqlog = match &config.logging.response_log_dir {
             Some(dir) => Some(
-                ReqLog::start(dir, config.response_log_max_bytes, !config.response_log_no_text, metrics.clone())
-                    .with_context(|| format!("opening the response log in {}", dir.display()))?,
+                ReqLog::start(
+                    dir,
+                    config.logging.response_log_max_bytes,
+                    !config.logging.response_log_no_text,
+                    metrics.clone(),
+                )
+                .with_context(|| format!("opening the response log in {}", dir.display()))?,
             ),
             None => None,
         };
@@ -147,8 +152,9 @@ impl AppState {
     /// Builds the state with the learned policy (`--router-model`, `--embedder-dir`), which routes
     /// with the baseline `--policy` while it has no model.
     pub fn with_learned_policy(config: Config) -> anyhow::Result<Self> {
-        let baseline = crate::policy::BaselinePolicy { kind: config.policy };
-        let learned = Arc::new(LearnedPolicy::new(&config.router_model, &config.embedder_dir, baseline));
+        let baseline = crate::policy::BaselinePolicy { kind: config.routing.policy };
+        let learned =
+            Arc::new(LearnedPolicy::new(&config.routing.router_model, &config.routing.embedder_dir, baseline));
         let mut st = AppState::new(config, learned.clone())?;
         st.learned = Some(learned);
         Ok(st)
@@ -156,15 +162,15 @@ impl AppState {
 
     /// Starts the background tasks: health checks, limiter housekeeping, the router model watcher.
     pub fn spawn_background(self: &Arc<Self>) {
-        if let (Some(l), ms) = (&self.learned, self.config.router_model_poll_ms) {
+        if let (Some(l), ms) = (&self.learned, self.config.routing.router_model_poll_ms) {
             if ms > 0 {
                 l.spawn_watcher(Duration::from_millis(ms));
             }
         }
         self.registry.spawn_health_checker(
             self.client.clone(),
-            Duration::from_millis(self.config.health_interval_ms),
-            Duration::from_millis(self.config.health_timeout_ms),
+            Duration::from_millis(self.config.backends.health_interval_ms),
+            Duration::from_millis(self.config.backends.health_timeout_ms),
             self.metrics.clone(),
         );
         let st = Arc::downgrade(self);
@@ -202,7 +208,7 @@ impl AppState {
             // A message can quote what the client sent (serde names the offending value, and
             // `prefer_backend`/`model` echo theirs), which may be prompt text: logged only when
             // prompt logging is switched on.
-            error_message = if self.config.log_prompts { o.error.map_or("", |e| e.error.message.as_str()) } else { "" },
+            error_message = if self.config.logging.log_prompts { o.error.map_or("", |e| e.error.message.as_str()) } else { "" },
             "request"
         );
         let v = json!({

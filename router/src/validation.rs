@@ -1,18 +1,13 @@
-//! Request checks shared by the native and OpenAI endpoints, with the model service's rules and
-//! messages: invalid JSON is 400, missing fields and wrong types 422, semantic errors (empty
-//! prompt, `max_tokens` 0, negative temperature, bad `top_p`, unknown `prefer_backend`, prompt
-//! over the length limit) 400. A valid request becomes a [`RouterRequest`]: the routing inputs
-//! plus the exact body the router will send to a backend.
+//! The router's request checks: the contract's rules ([`polyllm_common::validation`]) that need
+//! no model (JSON shape, sampling fields, prompt length, `prefer_backend`), made before a backend
+//! is tied up, with the same errors the model service gives. A valid request becomes a
+//! [`RouterRequest`]: the routing inputs plus the exact body the router will send to a backend.
 use crate::cache::normalize_prompt;
 use crate::error::ApiError;
-use crate::policy::Preference;
 use bytes::Bytes;
-use polyllm_common::route::RouterGenerateRequest;
-use polyllm_common::wire::{GenerateRequest, StopSpec};
-use serde::de::DeserializeOwned;
-
-pub const MAX_STOP_SEQUENCES: usize = 16;
-pub const MAX_STOP_LEN: usize = 256;
+use polyllm_common::route::{Preference, RouterGenerateRequest};
+use polyllm_common::validation::{check_prompt, parse_json, SamplingInput};
+use polyllm_common::wire::GenerateRequest;
 
 /// How the router talks to the backend for this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,109 +52,29 @@ pub struct Limits {
     pub max_prompt_chars: usize,
 }
 
-pub fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::BadRequest(msg.into())
-}
-
-/// Parses JSON with the service's split: syntax errors 400, shape errors 422.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Unprocessable(format!("invalid request: {e}")),
-        _ => ApiError::BadRequest(format!("invalid JSON: {e}")),
-    })
-}
-
-/// The checks on sampling fields the model service would make, done before a backend is tied up.
-pub fn check_sampling(
-    max_tokens: Option<u32>,
-    temp: Option<f64>,
-    top_p: Option<f64>,
-    stop: Option<&StopSpec>,
-) -> Result<(), ApiError> {
-    if max_tokens == Some(0) {
-        return Err(bad("max_tokens must be at least 1"));
-    }
-    if let Some(t) = temp {
-        if !t.is_finite() || t < 0.0 {
-            return Err(bad(format!("temperature must be a number >= 0, got {t}")));
-        }
-        if t > 100.0 {
-            return Err(bad("temperature must be at most 100"));
-        }
-    }
-    if let Some(p) = top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(bad(format!("top_p must be in (0, 1], got {p}")));
-        }
-    }
-    if let Some(stop) = stop {
-        let stops: &[String] = match stop {
-            StopSpec::One(s) => std::slice::from_ref(s),
-            StopSpec::Many(v) => v,
-        };
-        if stops.len() > MAX_STOP_SEQUENCES {
-            return Err(bad(format!("at most {MAX_STOP_SEQUENCES} stop sequences")));
-        }
-        if stops.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
-            return Err(bad(format!("stop sequences must be 1 to {MAX_STOP_LEN} bytes")));
-        }
-    }
-    Ok(())
-}
-
-pub fn check_prompt(prompt: &str, what: &str, limits: Limits) -> Result<(), ApiError> {
-    if prompt.is_empty() {
-        return Err(bad(format!("{what} must not be empty")));
-    }
-    // Cheap bound first: a string of n bytes has at most n chars.
-    if prompt.len() > limits.max_prompt_chars {
-        let n = prompt.chars().count();
-        if n > limits.max_prompt_chars {
-            return Err(bad(format!("{what} is {n} characters, more than the limit of {}", limits.max_prompt_chars)));
-        }
-    }
-    Ok(())
-}
-
-pub fn parse_preference(p: Option<&str>) -> Result<Preference, ApiError> {
-    match p {
-        None => Ok(Preference::Auto),
-        Some(s) => s.parse().map_err(bad),
-    }
-}
-
 /// The router's `POST /generate` body.
 pub fn generate(body: &[u8], limits: Limits) -> Result<RouterRequest, ApiError> {
-    let r: RouterGenerateRequest = parse_json(body)?;
-    check_prompt(&r.prompt, "prompt", limits)?;
-    check_sampling(r.max_tokens, r.temp, r.top_p, r.stop.as_ref())?;
-    let preference = parse_preference(r.prefer_backend.as_deref())?;
-    let chat_flag = r.chat;
+    let RouterGenerateRequest { request, routing } = parse_json(body)?;
+    let limit = Some(limits.max_prompt_chars);
+    check_prompt(&request.prompt, "prompt", limit)?;
+    SamplingInput::from(&request).check(None)?;
+    let chat = request.chat == Some(true);
+    let stream = request.stream.unwrap_or(true);
     // What goes upstream is the normalized prompt (a chat prompt is trimmed): check that too, or a
     // blank chat prompt would pass here and be refused by the backend (found by fuzzing).
-    let prompt = normalize_prompt(&r.prompt, chat_flag == Some(true));
-    check_prompt(&prompt, "prompt", limits)?;
-    let upstream = GenerateRequest {
-        prompt,
-        max_tokens: r.max_tokens,
-        temp: r.temp,
-        top_p: r.top_p,
-        top_k: r.top_k,
-        seed: r.seed,
-        stop: r.stop,
-        stream: Some(true),
-        chat: chat_flag,
-    };
+    let prompt = normalize_prompt(&request.prompt, chat);
+    check_prompt(&prompt, "prompt", limit)?;
+    let upstream = GenerateRequest { prompt, stream: Some(true), ..request };
     let upstream_body = Bytes::from(serde_json::to_vec(&upstream).map_err(|e| ApiError::Internal(e.to_string()))?);
     Ok(RouterRequest {
         prompt: upstream.prompt,
-        chat: chat_flag == Some(true),
-        max_tokens: r.max_tokens,
-        temp: r.temp,
-        seed: r.seed,
-        preference,
-        model: r.model.filter(|m| !m.is_empty() && m != "auto"),
-        stream: r.stream.unwrap_or(true),
+        chat,
+        max_tokens: upstream.max_tokens,
+        temp: upstream.temp,
+        seed: upstream.seed,
+        preference: routing.prefer_backend.unwrap_or_default(),
+        model: routing.forced_model(),
+        stream,
         protocol: Protocol::Generate,
         upstream_body,
     })
@@ -189,6 +104,13 @@ mod tests {
         assert_eq!(status(r#"{"prompt": "x", "temp": -1}"#), StatusCode::BAD_REQUEST);
         assert_eq!(status(r#"{"prompt": "x", "top_p": 0}"#), StatusCode::BAD_REQUEST);
         assert_eq!(status(r#"{"prompt": "x", "prefer_backend": "tpu"}"#), StatusCode::BAD_REQUEST);
+        assert_eq!(status(r#"{"prompt": "x", "temp": 101}"#), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(
+                r#"{"prompt": "x", "stop": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q"]}"#
+            ),
+            StatusCode::BAD_REQUEST
+        );
         assert_eq!(status(r#"{"prompt": "01234567890"}"#), StatusCode::BAD_REQUEST);
         assert_eq!(status(r#"{"prompt": "x", "stop": [""]}"#), StatusCode::BAD_REQUEST);
         // A chat prompt is trimmed before it goes upstream: a blank one is empty.

@@ -13,7 +13,7 @@ use polyllm_common::router_model::{RouterModelMeta, MODEL_FILE};
 use serde::{Deserialize, Serialize};
 
 use crate::table::{Item, Table};
-use crate::train::{argmax, predict_rows, route, rows, Split, SPLIT_FILE};
+use crate::train::{argmax, predict_rows, rows, Split, SPLIT_FILE};
 
 pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_MD: &str = "report.md";
@@ -122,7 +122,7 @@ pub fn evaluate(table: &Table, embeddings: &[Embedding], model_dir: &Path, comma
     let items: Vec<&Item> = idx.iter().map(|&i| &table.items[i]).collect();
 
     let oracle: Vec<usize> = items.iter().map(|it| it.label(w)).collect();
-    let learned: Vec<usize> = probs.iter().map(|p| route(p, meta.confidence_threshold)).collect();
+    let learned: Vec<usize> = probs.iter().map(|p| meta.route(p).class).collect();
     let routing_accuracy = mean(learned.iter().zip(&oracle).map(|(a, b)| (a == b) as u8 as f64));
 
     let (_, l_largest, _) = outcome(&items, &vec![k - 1; items.len()]);

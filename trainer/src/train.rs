@@ -135,14 +135,10 @@ pub fn argmax(v: &[f64]) -> usize {
     v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
-/// The routing rule of the router: the top class, or the fallback (last class) below `threshold`.
+/// The router's routing rule ([`polyllm_common::router_model::route`]) with the trainer's
+/// fallback, the last class (the largest model), which `train` writes as `fallback_model`.
 pub fn route(probs: &[f64], threshold: f64) -> usize {
-    let top = argmax(probs);
-    if probs[top] < threshold {
-        probs.len() - 1
-    } else {
-        top
-    }
+    polyllm_common::router_model::route(probs, threshold, probs.len() - 1).class
 }
 
 /// Feature rows of the items, in table order.

@@ -11,7 +11,8 @@ use benchmarks::record::{self, RequestRecord, STATUS_CANCELLED};
 use benchmarks::{plots, prom, stats};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use polyllm_common::route::RouterGenerateRequest;
+use polyllm_common::route::{Preference, RouterGenerateRequest, Routing};
+use polyllm_common::wire::GenerateRequest;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,16 @@ enum Prefer {
     Cpu,
     Gpu,
     Auto,
+}
+
+impl From<Prefer> for Preference {
+    fn from(p: Prefer) -> Self {
+        match p {
+            Prefer::Cpu => Preference::Cpu,
+            Prefer::Gpu => Preference::Gpu,
+            Prefer::Auto => Preference::Auto,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -239,14 +250,18 @@ async fn run() -> Result<i32> {
                     }
                     let prompt = draw.lock().unwrap().next_prompt();
                     let body = RouterGenerateRequest {
-                        prompt: prompt.prompt.clone(),
-                        max_tokens: Some(args.max_tokens),
-                        temp: Some(args.temp),
-                        seed: args.repeat_prompts.map(|_| args.seed),
-                        stream: Some(true),
-                        prefer_backend: Some(format!("{:?}", args.prefer_backend).to_lowercase()),
-                        model: args.model.clone(),
-                        ..Default::default()
+                        request: GenerateRequest {
+                            prompt: prompt.prompt.clone(),
+                            max_tokens: Some(args.max_tokens),
+                            temp: Some(args.temp),
+                            seed: args.repeat_prompts.map(|_| args.seed),
+                            stream: Some(true),
+                            ..Default::default()
+                        },
+                        routing: Routing {
+                            prefer_backend: Some(args.prefer_backend.into()),
+                            model: args.model.clone(),
+                        },
                     };
                     let mut rec = RequestRecord {
                         workload: args.workload.name().to_string(),
