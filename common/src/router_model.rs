@@ -121,6 +121,8 @@ mod tests {
         let c = route(&[0.2, 0.5, 0.3], 0.6, 2);
         assert_eq!((c.class, c.top, c.top_p, c.low_confidence), (2, 1, 0.5, true));
         // At the threshold exactly the top class still answers.
-        assert_eq!(route(&[0.5, 0.5], 0.5, 1).class, 0);
+        assert_eq!(route(&[0.5, 0.3, 0.2], 0.5, 2).class, 0);
+        // Of equal probabilities the last wins, as in the trainer's argmax and the router before.
+        assert_eq!(route(&[0.4, 0.4, 0.2], 0.1, 2).top, 1);
     }
 }

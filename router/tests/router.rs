@@ -721,7 +721,10 @@ fn every_queue_full_is_a_503_with_retry_after() {
 #[test]
 fn a_real_backend_frees_its_slot_within_a_second_of_a_client_leaving_during_prefill() {
     use std::io::Write;
-    let inf = Inference::start_with("m1", GEMMA, &[("--max-concurrent", "1")]);
+    // Chunks of 64 tokens take ~0.13 s here alone, and stay well inside the second when other tests
+    // load both cores (with the default 256, one chunk under that load took over a second). With
+    // one pass over the whole prompt (`--prefill-chunk 100000`) this test fails.
+    let inf = Inference::start_with("m1", GEMMA, &[("--max-concurrent", "1"), ("--prefill-chunk", "64")]);
     let r = Router::start(&[("m1", inf.url())], &[("FIRST_TOKEN_TIMEOUT_MS", "60000".into())], &["m1"]);
     // About 1,700 tokens: several seconds of prefill for gemma-3-270m on two cores.
     let colours = ["red", "green", "blue", "amber", "violet", "silver", "ochre", "teal"];
