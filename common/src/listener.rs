@@ -8,14 +8,22 @@
 //!   closes a keep-alive connection that sits idle between requests, so idle sockets cannot pile up.
 //!
 //! Connections are HTTP/1.1 (hyper's http1 server). Each request carries the peer address as axum's
-//! `ConnectInfo<SocketAddr>`. On shutdown the listener closes and in-flight requests are drained.
+//! `ConnectInfo<SocketAddr>`.
+//!
+//! On shutdown the listener closes; a connection serving a request (its response body included, so
+//! a stream runs to its end) finishes that request and closes, within `shutdown_grace_ms`. Every
+//! other connection closes at once: an idle keep-alive one, and one whose request headers are still
+//! arriving. (hyper's own graceful shutdown waits for the latter until its header deadline: a client
+//! killed halfway through its headers held a router's exit for 8 s.)
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -41,6 +49,11 @@ pub struct ConnLimits {
     /// Largest request header block accepted (bytes, at least 8192); a larger one gets 431.
     #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,
+
+    /// After SIGTERM, requests still running get this long (ms) to finish before their connections
+    /// are closed; below the 10 s that docker/podman wait before SIGKILL.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 8_000)]
+    pub shutdown_grace_ms: u64,
 }
 
 /// Told about connections as they open, close or are refused (for the service's metrics).
@@ -63,8 +76,9 @@ pub async fn serve(
     observer: Arc<dyn ConnObserver>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    let max_connections = limits.max_connections.clamp(1, u32::MAX as usize);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
@@ -92,15 +106,40 @@ pub async fn serve(
             tokio::spawn(refuse(tcp));
             continue;
         };
-        let svc = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req.map(Body::new)
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(svc)));
+        // Requests of this connection whose response body is not yet sent (or dropped).
+        let busy = Arc::new(AtomicUsize::new(0));
+        let (started, finished) = (busy.clone(), busy.clone());
+        let svc = app
+            .clone()
+            .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                started.fetch_add(1, Ordering::SeqCst);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.map(Body::new)
+            })
+            .map_response(move |resp: axum::response::Response| {
+                let guard = Busy(finished.clone());
+                resp.map(|body| Body::new(Tracked { body, _guard: guard }))
+            });
+        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(svc));
         let observer = observer.clone();
+        let mut stop = stop_rx.clone();
         observer.opened();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stop.wait_for(|stopping| *stopping) => None,
+            };
+            let result = match ended {
+                Some(r) => r,
+                // Shutting down with nothing being served: idle, or headers still arriving. Close.
+                None if busy.load(Ordering::SeqCst) == 0 => Ok(()),
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
             observer.closed();
@@ -108,8 +147,53 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = stop_tx.send(true);
+    let draining = std::time::Instant::now();
+    let grace = Duration::from_millis(limits.shutdown_grace_ms);
+    // Every connection task holds a slot until it ends: all slots back means all connections closed.
+    match tokio::time::timeout(grace, slots.acquire_many(max_connections as u32)).await {
+        Ok(_) => tracing::info!(drain_ms = draining.elapsed().as_millis() as u64, "every connection closed"),
+        Err(_) => tracing::warn!(
+            grace_ms = limits.shutdown_grace_ms,
+            "requests still running after the shutdown grace period; closing their connections"
+        ),
+    }
     Ok(())
+}
+
+/// Counts a response as in progress until its body is dropped (sent, or abandoned).
+struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its connection [`Busy`] while it is alive; otherwise the body itself.
+struct Tracked {
+    body: Body,
+    _guard: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The answer to a connection over the limit: 503 with a JSON body, then close. What the client

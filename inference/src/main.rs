@@ -47,7 +47,12 @@ fn main() -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     init_tracing(&cfg.log_format);
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(serve(cfg))
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let res = rt.block_on(serve(cfg));
+    // A generation still running on the blocking pool stops at its next token, its client being
+    // gone; the process does not wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    res
 }
 
 async fn serve(cfg: Config) -> Result<()> {

@@ -44,6 +44,8 @@ pub async fn serve(
     state.spawn_background();
     let app = server::router(state.clone());
     polyllm_common::listener::serve(listener, app, c.server.conn.clone(), state.metrics.clone(), shutdown).await?;
+    let closing = std::time::Instant::now();
     state.shutdown();
+    tracing::info!(ms = closing.elapsed().as_millis() as u64, "response log closed");
     Ok(())
 }

@@ -36,7 +36,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = config.server.worker_threads {
         rt.worker_threads(n.max(1));
     }
-    let res = rt.enable_all().build().context("starting the runtime")?.block_on(run(config));
+    let rt = rt.enable_all().build().context("starting the runtime")?;
+    let res = rt.block_on(run(config));
+    // A task still on the blocking pool (a routing decision) must not hold the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
     if let Err(e) = &res {
         tracing::error!(error = format!("{e:#}"), "router failed");
     }

@@ -183,3 +183,85 @@ fn huge_headers_and_bodies_and_slow_bodies_get_json_errors() {
 
     assert!(health_ok(&r));
 }
+
+/// A model service double that answers `/health` at once and streams `/generate` slowly: the SSE
+/// headers, then one token after `delay`, then `done`.
+fn slow_backend(delay: Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"GET /health") {
+                    let body = r#"{"status":"ok","model_id":"m1","model":"stub-100m","arch":"stub","device":"cpu"}"#;
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    return;
+                }
+                let _ =
+                    conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n");
+                std::thread::sleep(delay);
+                let done = r#"{"model_id":"m1","model":"stub-100m","device":"cpu","prompt_tokens":3,"completion_tokens":1,"finish_reason":"stop","ttft_ms":1.0,"latency_ms":1.0,"tokens_per_second":0.0}"#;
+                let _ = write!(conn, "event: token\ndata: {{\"text\":\"late\"}}\n\nevent: done\ndata: {done}\n\n");
+            });
+        }
+    });
+    port
+}
+
+/// SIGTERM while a stream is running, a client is halfway through its headers and another sits
+/// idle: the stream is finished, the other two are closed at once, and the router exits by itself
+/// right after the stream. (hyper's own graceful shutdown waited for the half-sent headers until
+/// the header deadline, which held the router's exit for 8 s.)
+#[test]
+fn sigterm_finishes_running_streams_and_does_not_wait_for_half_sent_headers() {
+    let port = slow_backend(Duration::from_millis(1500));
+    let mut r = Router::start(&[("m1", format!("http://127.0.0.1:{port}"))], &[], &["m1"]);
+    let url = format!("{}/generate", r.url());
+    let streaming = std::thread::spawn(move || post(&url, r#"{"prompt":"a slow answer","max_tokens":1}"#, &[]));
+    let mut idle = connect(r.port);
+    write!(idle, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).unwrap();
+    let mut half = connect(r.port);
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+
+    let term = Instant::now();
+    let ok = std::process::Command::new("kill").args(["-TERM", &r.proc.pid().to_string()]).status().unwrap();
+    assert!(ok.success());
+    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let rest = read_to_close(&mut half);
+    let half_closed = term.elapsed();
+    assert!(rest.is_empty(), "the half-sent request got an answer: {}", String::from_utf8_lossy(&rest));
+    assert!(half_closed < Duration::from_millis(500), "a connection with half-sent headers stayed {half_closed:?}");
+
+    let answer = streaming.join().unwrap();
+    assert_eq!(answer.status, 200);
+    let names: Vec<&str> = answer.events.iter().map(|e| e.event.as_str()).collect();
+    assert!(names.ends_with(&["token", "done"]), "the running stream was cut: {names:?}");
+    let streamed = term.elapsed();
+
+    wait_for("the router to exit", Duration::from_secs(5), || r.proc.exited());
+    let exited = term.elapsed();
+    let code = r.proc.child.take().map(|mut c| c.wait().unwrap().code());
+    eprintln!("half-sent headers closed after {half_closed:?}, stream done after {streamed:?}, exit after {exited:?}");
+    assert_eq!(code, Some(Some(0)), "{}", r.proc.log_tail());
+    assert!(
+        exited < streamed + Duration::from_millis(1500),
+        "exit {exited:?} long after the stream ended {streamed:?}"
+    );
+    assert!(r.proc.log_tail().contains("drain_ms"), "no drain time logged:\n{}", r.proc.log_tail());
+}
