@@ -51,6 +51,9 @@ for comp in rustfmt clippy; do
 done
 echo "== cargo fmt --check (rustfmt.toml)"
 cargo fmt --all --check || { echo "== run: cargo fmt --all" >&2; exit 1; }
+echo "== module cycles (scripts/check-module-cycles.py)"
+python3 scripts/check-module-cycles.py --self-test
+python3 scripts/check-module-cycles.py
 
 # One build of the whole workspace: building a single package first (`cargo run -p inference`)
 # would unify dependency features differently and compile candle twice.

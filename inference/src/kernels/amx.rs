@@ -18,13 +18,11 @@
 //! operand, re-laid once per product by [`PackedActs`]; each C tile (16 weight rows × 16
 //! activation rows of i32) is stored and scaled into sixteen registers of f32 sums.
 use super::q8::Q8Rows;
+pub use super::tile::{TileRows, T};
 use super::OutPtr;
 
 /// Fewest activation rows that take this path.
 pub const MIN_ROWS: usize = 32;
-
-/// Rows of a tile (of weights and of activations).
-pub(crate) const T: usize = 16;
 
 /// Weights per activation block.
 const QK: usize = 32;
@@ -39,36 +37,6 @@ pub fn available() -> bool {
             || std::env::var("POLYLLM_KERNEL").is_ok_and(|k| !k.is_empty());
         !off && imp::supported()
     })
-}
-
-/// A weight matrix as the tile unit reads it.
-pub trait TileRows: Sync {
-    /// `(n, k)`: rows and weights per row (`k` a multiple of 32).
-    fn dims(&self) -> (usize, usize);
-
-    /// Weights per scale: 32, or 16 (Q6_K).
-    fn group(&self) -> usize {
-        32
-    }
-
-    /// Whether each 32 weights also have a min, subtracted (Q4_K).
-    fn has_mins(&self) -> bool {
-        false
-    }
-
-    /// Rows `n0..n0 + 16` as i8 rows of `k`, where the matrix holds them so.
-    fn in_place(&self, _n0: usize) -> Option<*const i8> {
-        None
-    }
-
-    /// The quants of rows `n0..n0 + take` (`take <= 16`) into `rows[r * k..]`.
-    fn quants(&self, n0: usize, take: usize, rows: &mut [i8]);
-
-    /// The scale of group `g` of row `n0 + r` into `dw[g][r]`, and with [`has_mins`] the min of
-    /// its 32-weight block `b` into `mw[b][r]`.
-    ///
-    /// [`has_mins`]: TileRows::has_mins
-    fn scales(&self, n0: usize, take: usize, dw: &mut [[f32; T]], mw: &mut [[f32; T]]);
 }
 
 /// Activations quantized to Q8_0, re-laid as AMX B tiles: for every 16 rows and every block,

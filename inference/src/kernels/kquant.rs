@@ -318,7 +318,7 @@ impl KRows<'_> {
     }
 }
 
-impl super::amx::TileRows for KRows<'_> {
+impl super::tile::TileRows for KRows<'_> {
     fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
     }
@@ -365,7 +365,7 @@ impl super::amx::TileRows for KRows<'_> {
         }
     }
 
-    fn scales(&self, n0: usize, take: usize, dw: &mut [[f32; super::amx::T]], mw: &mut [[f32; super::amx::T]]) {
+    fn scales(&self, n0: usize, take: usize, dw: &mut [[f32; super::tile::T]], mw: &mut [[f32; super::tile::T]]) {
         for r in 0..take {
             for b in 0..self.k / QK_K {
                 let blk = self.block(n0 + r, b);

@@ -7,6 +7,8 @@
 pub mod amx;
 pub mod kquant;
 pub mod q8;
+pub mod repack;
+pub mod tile;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -198,7 +200,7 @@ fn to_q8(t: &QTensor) -> Result<Q8Matrix> {
     Ok(match t.dtype() {
         GgmlDType::Q8_0 => Q8Matrix::from_ggml_q8_0(&bytes, n, k),
         GgmlDType::Q5_0 => Q8Matrix::from_ggml_q5_0(&bytes, n, k),
-        other => Q8Matrix::from_ggml_q8_0(&crate::model::parts::repack_q8_0(other, &bytes)?, n, k),
+        other => Q8Matrix::from_ggml_q8_0(&repack::repack_q8_0(other, &bytes)?, n, k),
     })
 }
 
@@ -213,7 +215,7 @@ impl Linear {
         Ok(match kernels {
             Kernels::File => Linear::Candle(QMatMul::from_qtensor(t)?),
             Kernels::Repack if matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q4_0) => {
-                let data = crate::model::parts::repack_q8_0(dtype, &t.data()?)?;
+                let data = repack::repack_q8_0(dtype, &t.data()?)?;
                 let shape = t.shape().clone();
                 Linear::Candle(QMatMul::from_qtensor(QTensor::new(
                     candle_core::quantized::QStorage::from_data(data.into(), device, GgmlDType::Q8_0)?,

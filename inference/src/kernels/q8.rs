@@ -245,14 +245,14 @@ impl Q8Matrix {
     }
 }
 
-impl super::amx::TileRows for Q8Matrix {
+impl super::tile::TileRows for Q8Matrix {
     fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
     }
 
     fn in_place(&self, n0: usize) -> Option<*const i8> {
         match &self.quants {
-            Quants::I8(q) if n0 + super::amx::T <= self.n => Some(q[n0 * self.k..].as_ptr()),
+            Quants::I8(q) if n0 + super::tile::T <= self.n => Some(q[n0 * self.k..].as_ptr()),
             _ => None,
         }
     }
@@ -266,7 +266,7 @@ impl super::amx::TileRows for Q8Matrix {
         }
     }
 
-    fn scales(&self, n0: usize, take: usize, dw: &mut [[f32; super::amx::T]], _mw: &mut [[f32; super::amx::T]]) {
+    fn scales(&self, n0: usize, take: usize, dw: &mut [[f32; super::tile::T]], _mw: &mut [[f32; super::tile::T]]) {
         let nb = self.k / QK;
         for r in 0..take {
             for (b, dw) in dw.iter_mut().enumerate() {
@@ -751,7 +751,7 @@ pub(crate) mod tests {
                 (
                     "q5 widened",
                     Q8Matrix::from_ggml_q8_0(
-                        &crate::model::parts::repack_q8_0(candle_core::quantized::GgmlDType::Q5_0, &q5).unwrap(),
+                        &crate::kernels::repack::repack_q8_0(candle_core::quantized::GgmlDType::Q5_0, &q5).unwrap(),
                         n,
                         k,
                     ),
