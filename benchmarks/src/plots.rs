@@ -11,37 +11,9 @@ use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const FONT_CANDIDATES: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "/Library/Fonts/Arial.ttf",
-];
-
-/// Loads a TTF and registers it as `sans-serif`. Returns the file used.
+/// Loads the plots' font ([`polyllm_common::font`]). Returns the file used.
 pub fn init_font(explicit: Option<&Path>) -> Result<PathBuf> {
-    static DONE: std::sync::OnceLock<std::result::Result<PathBuf, String>> = std::sync::OnceLock::new();
-    let r = DONE.get_or_init(|| {
-        let mut cands: Vec<PathBuf> = Vec::new();
-        if let Some(p) = explicit {
-            cands.push(p.to_path_buf());
-        }
-        if let Some(p) = std::env::var_os("POLYLLM_FONT") {
-            cands.push(PathBuf::from(p));
-        }
-        cands.extend(FONT_CANDIDATES.iter().map(PathBuf::from));
-        for p in cands {
-            if let Ok(bytes) = std::fs::read(&p) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                    return Ok(p);
-                }
-            }
-        }
-        Err("no TTF font found: install fonts-dejavu-core, or pass --font FILE.ttf".to_string())
-    });
-    r.clone().map_err(|e| anyhow!(e))
+    Ok(polyllm_common::font::init_font(explicit)?)
 }
 
 const COLORS: [RGBColor; 8] = [

@@ -11,6 +11,8 @@
 pub mod catalog;
 #[cfg(feature = "featurizer")]
 pub mod features;
+#[cfg(feature = "plot")]
+pub mod font;
 pub mod gbdt;
 #[cfg(feature = "server")]
 pub mod listener;

@@ -276,7 +276,7 @@ pub fn markdown(r: &Report, with_plot: bool) -> String {
 }
 
 fn plot(path: &Path, r: &Report, font: Option<&Path>) -> Result<()> {
-    benchmarks::plots::init_font(font).map_err(|e| anyhow::anyhow!("{e}"))?;
+    polyllm_common::font::init_font(font)?;
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let max_l = r
