@@ -19,7 +19,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=polyllm-target-cuda \
-    cargo build --release --locked -p inference --features cuda --bins \
+    cargo build --release --locked -p inference -p polyllm-fetch --features inference/cuda --bins \
  && mkdir -p /out \
  && cp target/release/inference target/release/fetch-models /out/
 

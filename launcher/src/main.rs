@@ -6,8 +6,9 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use polyllm_common::catalog::{BackendSpec, Catalog, Slot};
+use polyllm_fetch::{Artifact, ArtifactId, FetchOptions, ProgressMode};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -75,7 +76,7 @@ pub struct UpArgs {
     #[arg(long)]
     profile: Option<String>,
 
-    /// Where the `inference`, `router` and `fetch-models` binaries are (default: next to `polyllm`).
+    /// Where the `inference` and `router` binaries are (default: next to `polyllm`).
     #[arg(long, env = "POLYLLM_BIN_DIR")]
     bin_dir: Option<PathBuf>,
 
@@ -180,54 +181,47 @@ fn build(profile: &str) -> Result<()> {
     Ok(())
 }
 
-/// The `fetch-models --only` name of a catalog file.
-fn artifact_of(file: &str) -> Option<&'static str> {
-    match file {
-        f if f.starts_with("gemma-3-270m") => Some("gemma"),
-        f if f.starts_with("qwen2.5-coder-0.5b") => Some("qwen05"),
-        f if f.starts_with("qwen2.5-coder-1.5b") => Some("qwen15"),
-        _ => None,
-    }
+/// The downloader's artifact for a catalog file (the one of that name), if it has one.
+fn artifact_of(file: &str) -> Option<&'static Artifact> {
+    polyllm_fetch::artifacts().iter().find(|a| a.name == file)
 }
 
-fn fetch_missing(args: &UpArgs, bin_dir: &Path, backends: &[BackendSpec]) -> Result<()> {
-    let mut only: Vec<&str> = Vec::new();
+/// The sentence embedder the router's learned policy needs, as the downloader names it.
+fn embedder() -> &'static Artifact {
+    polyllm_fetch::artifacts().iter().find(|a| a.id == ArtifactId::Minilm).expect("the downloader knows MiniLM")
+}
+
+/// Downloads (with the downloader's library, resumable and verified) the model files of
+/// `backends` and the embedder that are not in the models directory yet.
+async fn fetch_missing(args: &UpArgs, backends: &[BackendSpec]) -> Result<()> {
+    let dest = &args.models_dir;
+    let mut only: Vec<ArtifactId> = Vec::new();
     for b in backends {
-        if args.models_dir.join(&b.file).is_file() {
+        if dest.join(&b.file).is_file() {
             continue;
         }
         if args.no_fetch {
-            bail!("{} needs {} which is not in {} (and --no-fetch was given)", b.id, b.file, args.models_dir.display());
+            bail!("{} needs {} which is not in {} (and --no-fetch was given)", b.id, b.file, dest.display());
         }
         match artifact_of(&b.file) {
-            Some(a) if !only.contains(&a) => only.push(a),
+            Some(a) if !only.contains(&a.id) => only.push(a.id),
             Some(_) => {}
-            None => bail!(
-                "{} needs {}: not a file fetch-models knows; copy it into {}",
-                b.id,
-                b.file,
-                args.models_dir.display()
-            ),
+            None => {
+                bail!("{} needs {}: not a file fetch-models knows; copy it into {}", b.id, b.file, dest.display())
+            }
         }
     }
-    // The router's learned policy embeds prompts with all-MiniLM-L6-v2.
-    if !args.models_dir.join("all-MiniLM-L6-v2/model.safetensors").is_file() && !args.no_fetch {
-        only.push("minilm");
+    if !embedder().path(dest).is_dir() && !args.no_fetch {
+        only.push(ArtifactId::Minilm);
     }
     if only.is_empty() {
         return Ok(());
     }
-    let fetch = bin_dir.join("fetch-models");
-    info!("fetching {} into {}", only.join(","), args.models_dir.display());
-    let status = std::process::Command::new(&fetch)
-        .arg("--dest")
-        .arg(&args.models_dir)
-        .args(["--only", &only.join(","), "--progress", "plain"])
-        .status()
-        .with_context(|| format!("cannot run {}", fetch.display()))?;
-    if !status.success() {
-        bail!("fetch-models failed ({status})");
-    }
+    let names: Vec<&str> = only.iter().map(|a| a.as_str()).collect();
+    info!("fetching {} into {}", names.join(","), dest.display());
+    let mut opts = FetchOptions::new(dest);
+    opts.progress = ProgressMode::Plain;
+    polyllm_fetch::ensure(&opts, &only).await.context("fetching the models")?;
     Ok(())
 }
 
@@ -399,7 +393,7 @@ async fn up(args: UpArgs) -> Result<()> {
             );
         }
     }
-    fetch_missing(&args, &bin_dir, &selected)?;
+    fetch_missing(&args, &selected).await?;
     let ui_state = ui::ensure(&args.ui_dir, which("npm").as_deref(), !args.no_build);
 
     let mut ports: Vec<(String, u16)> = selected.iter().map(|b| (b.id.clone(), b.port)).collect();
@@ -484,7 +478,7 @@ async fn up(args: UpArgs) -> Result<()> {
         "--backends".into(),
         serde_json::Value::Object(backends_json).to_string(),
         "--embedder-dir".into(),
-        args.models_dir.join("all-MiniLM-L6-v2").display().to_string(),
+        embedder().path(&args.models_dir).display().to_string(),
         "--ui-dir".into(),
         args.ui_dir.join("dist").display().to_string(),
     ];
@@ -546,6 +540,7 @@ async fn up(args: UpArgs) -> Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::path::Path;
 
     #[test]
     fn every_catalog_file_can_be_fetched() {

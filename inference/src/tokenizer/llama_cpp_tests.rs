@@ -44,7 +44,7 @@ fn models_dir() -> PathBuf {
 fn header(file: &str) -> Content {
     let path = models_dir().join(file);
     let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
-        panic!("model {} is missing ({e}): run `cargo run -p inference --bin fetch-models` first", path.display())
+        panic!("model {} is missing ({e}): run `cargo run -p polyllm-fetch --bin fetch-models` first", path.display())
     });
     Content::read(&mut f).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }

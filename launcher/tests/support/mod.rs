@@ -40,7 +40,7 @@ pub fn gemma() -> PathBuf {
     let p = models_dir().join("gemma-3-270m-q4_k_m.gguf");
     assert!(
         p.is_file(),
-        "{} is missing: fetch it with `cargo run -p inference --bin fetch-models -- --only gemma` (scripts/test.sh does)",
+        "{} is missing: fetch it with `cargo run -p polyllm-fetch --bin fetch-models -- --only gemma` (scripts/test.sh does)",
         p.display()
     );
     p

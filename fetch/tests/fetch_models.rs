@@ -15,9 +15,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt;
-use inference::fetch::{
-    ensure, Artifact, ArtifactId, Chunk, FetchError, FetchOptions, FileCheck, Package, ProgressMode,
-};
+use polyllm_fetch::{ensure, Artifact, ArtifactId, Chunk, FetchError, FetchOptions, FileCheck, Package, ProgressMode};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::HumanBytes;
-use inference::fetch::{self, ArtifactId, ArtifactState, FetchOptions, ProgressMode, DEFAULT_INDEX_URL};
+use polyllm_fetch::{self as fetch, ArtifactId, ArtifactState, FetchOptions, ProgressMode, DEFAULT_INDEX_URL};
 
 #[derive(Parser, Debug)]
 #[command(
