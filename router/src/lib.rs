@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod redis_conn;
 pub mod reqlog;
+pub mod semantic;
 pub mod server;
 pub mod state;
 pub mod validation;
