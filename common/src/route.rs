@@ -59,6 +59,10 @@ pub struct Routing {
     /// OpenAI endpoints this is OpenAI's own `model` field.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Whether a close paraphrase may be answered from the cache; absent: the router's
+    /// `--semantic-cache` setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_cache: Option<bool>,
 }
 
 impl Routing {
@@ -94,8 +98,11 @@ pub struct RouteEvent {
     /// model -> the policy's probability for it.
     pub probabilities: BTreeMap<String, f64>,
     pub reason: String,
-    /// `hit` or `miss`.
+    /// `hit`, `semantic` (a close paraphrase's answer) or `miss`.
     pub cache: String,
+    /// With a semantic hit: the cosine similarity of the prompt to the one that was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f64>,
     /// The features the policy computed, when it reports them (the learned policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<BTreeMap<String, f64>>,

@@ -85,7 +85,7 @@ pub async fn generate(
                 let text = hit.answer.text();
                 axum::Json(Whole { text: &text, done: &hit.done, route: &hit.route }).into_response()
             };
-            decorate(resp, &adm, true)
+            decorate(resp, &adm, hit.x_cache)
         }
         Ok(Started::Live { first, rx }) => {
             let resp = if stream {
@@ -98,7 +98,7 @@ pub async fn generate(
                     _ => ApiError::Internal("unexpected relay message".into()).into_response(),
                 }
             };
-            decorate(resp, &adm, false)
+            decorate(resp, &adm, "MISS")
         }
     }
 }

@@ -226,6 +226,17 @@ impl LearnedPolicy {
         });
     }
 
+    /// Whether the sentence embedder loaded (the semantic cache needs it).
+    pub fn can_embed(&self) -> bool {
+        self.featurizer.is_some()
+    }
+
+    /// The prompt's embedding (cached, and shared with the routing decision), if the embedder
+    /// loaded. CPU work of tens of ms: call it off the async workers.
+    pub fn embedding(&self, prompt: &str) -> Option<Result<Arc<Embedding>, PolicyError>> {
+        Some(self.embed(self.featurizer.as_ref()?, prompt))
+    }
+
     fn embed(&self, f: &Featurizer, prompt: &str) -> Result<Arc<Embedding>, PolicyError> {
         let key: [u8; 32] = Sha256::digest(prompt.as_bytes()).into();
         if let Some(e) = self.embeddings.get(&key) {

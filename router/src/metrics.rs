@@ -11,6 +11,11 @@ pub struct Metrics {
     pub model_selected: IntCounterVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    /// Semantic-cache lookups by outcome: `hit`, `guarded` (similar enough, but the numbers, names
+    /// or negations differ) or `miss`.
+    pub semantic_lookups: IntCounterVec,
+    /// Similarity of the nearest stored prompt at each semantic lookup that found one.
+    pub semantic_similarity: Histogram,
     pub rate_limited: IntCounter,
     pub request_latency: Histogram,
     pub routing_latency: Histogram,
@@ -74,6 +79,24 @@ impl Metrics {
             ),
             cache_hits: counter(&r, "router_cache_hits_total", "Requests answered from the cache"),
             cache_misses: counter(&r, "router_cache_misses_total", "Cache lookups that found nothing"),
+            semantic_lookups: {
+                let v = counter_vec(
+                    &r,
+                    "router_semantic_cache_total",
+                    "Semantic-cache lookups by outcome (hit, guarded, miss)",
+                    &["outcome"],
+                );
+                for o in ["hit", "guarded", "miss"] {
+                    v.with_label_values(&[o]);
+                }
+                v
+            },
+            semantic_similarity: histogram(
+                &r,
+                "router_semantic_similarity",
+                "Cosine similarity of the nearest cached prompt, per semantic lookup",
+                vec![0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0],
+            ),
             rate_limited: counter(&r, "router_rate_limited_total", "Requests refused with 429"),
             request_latency: histogram(
                 &r,

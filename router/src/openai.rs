@@ -91,6 +91,7 @@ pub fn chat_request(body: &[u8], limits: Limits) -> Result<(RouterRequest, bool)
             seed: c.seed,
             preference: routing.prefer_backend.unwrap_or_default(),
             model: routing.forced_model(),
+            semantic_cache: routing.semantic_cache,
             stream: c.stream.unwrap_or(false),
             protocol: Protocol::OpenAiChat,
             upstream_body,
@@ -128,6 +129,7 @@ pub fn completion_request(body: &[u8], limits: Limits) -> Result<(RouterRequest,
             seed: c.seed,
             preference: routing.prefer_backend.unwrap_or_default(),
             model: routing.forced_model(),
+            semantic_cache: routing.semantic_cache,
             stream: c.stream.unwrap_or(false),
             protocol: Protocol::Generate,
             upstream_body,
@@ -312,7 +314,7 @@ async fn serve(
             } else {
                 axum::Json(fmt.whole(&hit.answer.text(), &hit.done, &hit.route)).into_response()
             };
-            decorate(routed_headers(resp, &hit.route), &adm, true)
+            decorate(routed_headers(resp, &hit.route), &adm, hit.x_cache)
         }
         Ok(Started::Live { first, rx }) => {
             let resp = match first {
@@ -327,7 +329,7 @@ async fn serve(
                 }
                 _ => ApiError::Internal("unexpected relay message".into()).into_response(),
             };
-            decorate(resp, &adm, false)
+            decorate(resp, &adm, "MISS")
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use crate::policy::{self, PromptFeatures, RoutingContext};
 use crate::proxy::{self, ms, Job, Out};
 use crate::ratelimit::{Identity, Verdict};
+use crate::semantic::{bucket_key, Lookup, Markers, Pending};
 use crate::state::{AppState, Outcome};
 use crate::validation::RouterRequest;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
@@ -30,6 +31,8 @@ pub struct Hit {
     pub route: RouteEvent,
     pub answer: Arc<CachedAnswer>,
     pub done: RouterDone,
+    /// The `X-Cache` header: `HIT` (the same request), `SEMANTIC` (a close paraphrase's answer).
+    pub x_cache: &'static str,
 }
 
 pub enum Started {
@@ -87,7 +90,7 @@ pub fn fail(st: &AppState, adm: &Admitted, prompt_hash: &str, err: ApiError) -> 
     let body = err.body();
     let status = err.status();
     if matches!(err, ApiError::Backend { .. }) {
-        return decorate(err.into_response(), adm, false);
+        return decorate(err.into_response(), adm, "MISS");
     }
     st.record(Outcome {
         request_id: &adm.request_id,
@@ -99,16 +102,16 @@ pub fn fail(st: &AppState, adm: &Admitted, prompt_hash: &str, err: ApiError) -> 
         done: None,
         error: Some(&body),
     });
-    decorate(err.into_response(), adm, false)
+    decorate(err.into_response(), adm, "MISS")
 }
 
-/// Adds X-Request-Id, X-Cache and the rate-limit headers.
-pub fn decorate(mut resp: Response, adm: &Admitted, hit: bool) -> Response {
+/// Adds X-Request-Id, X-Cache (`HIT`, `SEMANTIC` or `MISS`) and the rate-limit headers.
+pub fn decorate(mut resp: Response, adm: &Admitted, x_cache: &'static str) -> Response {
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&adm.request_id) {
         h.insert(HeaderName::from_static("x-request-id"), v);
     }
-    h.insert(HeaderName::from_static("x-cache"), HeaderValue::from_static(if hit { "HIT" } else { "MISS" }));
+    h.insert(HeaderName::from_static("x-cache"), HeaderValue::from_static(x_cache));
     match adm.verdict {
         Verdict::Allowed { limit, remaining } => {
             h.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(limit));
@@ -136,6 +139,53 @@ pub fn prompt_hash(prompt: &str) -> String {
     hex::encode(&d[..8])
 }
 
+/// A cached answer as this request's answer: its route and done events, and the record.
+#[allow(clippy::too_many_arguments)]
+fn hit(
+    st: &Arc<AppState>,
+    adm: &Admitted,
+    answer: Arc<CachedAnswer>,
+    x_cache: &'static str,
+    reason: String,
+    similarity: Option<f64>,
+    cache_ms: f64,
+    prompt_hash: &str,
+) -> Started {
+    let kind = if similarity.is_some() { "semantic" } else { "hit" };
+    let route = RouteEvent {
+        request_id: adm.request_id.to_string(),
+        model: answer.stats.model.clone(),
+        backend: answer.backend.clone(),
+        device: answer.device.clone(),
+        confidence: answer.confidence,
+        probabilities: answer.probabilities.clone(),
+        reason,
+        cache: kind.to_string(),
+        similarity,
+        features: None,
+        contributions: None,
+    };
+    let done = RouterDone {
+        stats: answer.stats.clone(),
+        request_id: adm.request_id.to_string(),
+        cache: kind.to_string(),
+        routing_ms: 0.0,
+        cache_ms,
+        total_ms: ms(adm.started.elapsed()),
+    };
+    st.record(Outcome {
+        request_id: &adm.request_id,
+        identity: &adm.identity,
+        prompt_hash,
+        status: "200",
+        started: adm.started,
+        route: Some(&route),
+        done: Some(&done),
+        error: None,
+    });
+    Started::Hit(Box::new(Hit { route, answer, done, x_cache }))
+}
+
 /// Cache lookup, routing and the start of the relay.
 pub async fn start(
     st: &Arc<AppState>,
@@ -144,11 +194,11 @@ pub async fn start(
     prompt_hash: String,
 ) -> Result<Started, ApiError> {
     let path = req.protocol.path();
+    // With API keys on, each key has its own entries unless the operator shares them: one
+    // tenant's answer (and a HIT that says what others asked) never reaches another.
+    let tenant = (st.api_keys.is_some() && !st.config.cache.shared_cache).then_some(&*adm.identity.key);
     let key = match &st.cache {
         Some(_) if cacheable(req.temp, req.seed, st.config.cache.default_temp) => {
-            // With API keys on, each key has its own entries unless the operator shares them:
-            // one tenant's answer (and a HIT that says what others asked) never reaches another.
-            let tenant = (st.api_keys.is_some() && !st.config.cache.shared_cache).then_some(&*adm.identity.key);
             Some(cache_key(path, &req.upstream_body, req.preference.as_str(), req.model.as_deref(), tenant))
         }
         _ => None,
@@ -156,38 +206,53 @@ pub async fn start(
     let c0 = Instant::now();
     if let (Some(k), Some(cache)) = (&key, &st.cache) {
         if let Some(answer) = lookup(cache.as_ref(), k, &st.metrics).await {
-            let cache_ms = ms(c0.elapsed());
-            let route = RouteEvent {
-                request_id: adm.request_id.to_string(),
-                model: answer.stats.model.clone(),
-                backend: answer.backend.clone(),
-                device: answer.device.clone(),
-                confidence: answer.confidence,
-                probabilities: answer.probabilities.clone(),
-                reason: format!("cache hit: answer generated earlier by {} ({})", answer.backend, answer.stats.model),
-                cache: "hit".to_string(),
-                features: None,
-                contributions: None,
-            };
-            let done = RouterDone {
-                stats: answer.stats.clone(),
-                request_id: adm.request_id.to_string(),
-                cache: "hit".to_string(),
-                routing_ms: 0.0,
-                cache_ms,
-                total_ms: ms(adm.started.elapsed()),
-            };
-            st.record(Outcome {
-                request_id: &adm.request_id,
-                identity: &adm.identity,
-                prompt_hash: &prompt_hash,
-                status: "200",
-                started: adm.started,
-                route: Some(&route),
-                done: Some(&done),
-                error: None,
-            });
-            return Ok(Started::Hit(Box::new(Hit { route, answer, done })));
+            let reason = format!("cache hit: answer generated earlier by {} ({})", answer.backend, answer.stats.model);
+            return Ok(hit(st, adm, answer, "HIT", reason, None, ms(c0.elapsed()), &prompt_hash));
+        }
+    }
+    // A close paraphrase answered before, when the semantic cache is on for this request.
+    let mut semantic = None;
+    let wants_semantic = req.semantic_cache.unwrap_or(st.config.cache.semantic_cache);
+    if let (true, Some(_), Some(index), Some(learned), Some(cache)) =
+        (wants_semantic, &key, &st.semantic, &st.learned, &st.cache)
+    {
+        let bucket = bucket_key(path, &req.upstream_body, req.preference.as_str(), req.model.as_deref(), tenant);
+        let (l2, prompt) = (learned.clone(), req.prompt.clone());
+        // The embedding is tens of ms of CPU, and cached for the routing decision that follows.
+        if let Ok(Some(Ok(e))) = tokio::task::spawn_blocking(move || l2.embedding(&prompt)).await {
+            let vector = Arc::new(e.vector.clone());
+            let markers = Markers::of(&req.prompt);
+            let m = &st.metrics;
+            match index.lookup(&bucket, &vector, &markers) {
+                Lookup::Hit(found) => {
+                    m.semantic_similarity.observe(f64::from(found.similarity));
+                    if let Ok(Some(answer)) = cache.get(&found.key).await {
+                        m.semantic_lookups.with_label_values(&["hit"]).inc();
+                        m.cache_hits.inc();
+                        let similarity = f64::from(found.similarity);
+                        let reason = format!(
+                            "semantic cache hit: a prompt {similarity:.3} similar, with the same numbers, names and negations, was answered by {} ({})",
+                            answer.backend, answer.stats.model
+                        );
+                        let started =
+                            hit(st, adm, answer, "SEMANTIC", reason, Some(similarity), ms(c0.elapsed()), &prompt_hash);
+                        return Ok(started);
+                    }
+                    // The answer expired from the cache before its index entry: a miss.
+                    m.semantic_lookups.with_label_values(&["miss"]).inc();
+                }
+                Lookup::Guarded { similarity } => {
+                    m.semantic_similarity.observe(f64::from(similarity));
+                    m.semantic_lookups.with_label_values(&["guarded"]).inc();
+                }
+                Lookup::Miss { best } => {
+                    if let Some(s) = best {
+                        m.semantic_similarity.observe(f64::from(s));
+                    }
+                    m.semantic_lookups.with_label_values(&["miss"]).inc();
+                }
+            }
+            semantic = Some(Pending { bucket, vector, markers });
         }
     }
     let cache_ms = if key.is_some() { ms(c0.elapsed()) } else { 0.0 };
@@ -242,6 +307,7 @@ pub async fn start(
         plan,
         stream: req.stream,
         cache_key: key,
+        semantic,
         started: adm.started,
         routing_ms: ms(routing),
         cache_ms,

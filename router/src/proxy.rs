@@ -66,6 +66,8 @@ pub struct Job {
     pub plan: Plan,
     pub stream: bool,
     pub cache_key: Option<String>,
+    /// Where the answer goes in the semantic index once it is cached.
+    pub semantic: Option<crate::semantic::Pending>,
     pub started: Instant,
     pub routing_ms: f64,
     pub cache_ms: f64,
@@ -240,6 +242,7 @@ fn route_for(job: &Job, backend: &Backend, index: usize, failures: &[String]) ->
         probabilities: d.probabilities.clone(),
         reason,
         cache: "miss".to_string(),
+        similarity: None,
         features: d.features.clone(),
         contributions: d.contributions.clone(),
     })
@@ -539,9 +542,15 @@ async fn finish(st: &Arc<AppState>, job: &Job, backend: &Arc<Backend>, c: Box<Co
         });
         let cache = cache.clone();
         let key = key.clone();
+        let semantic = job.semantic.clone().zip(st.semantic.clone());
         tokio::spawn(async move {
-            if let Err(e) = cache.put(&key, answer).await {
-                tracing::debug!(error = %e, "cache store skipped");
+            match cache.put(&key, answer).await {
+                Ok(()) => {
+                    if let Some((p, index)) = semantic {
+                        index.insert(&p.bucket, p.vector, p.markers, key);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cache store skipped"),
             }
         });
     }

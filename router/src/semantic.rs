@@ -214,6 +214,14 @@ pub fn bucket_key(
     hex::encode(h.finalize())
 }
 
+/// A request's place in the index, computed at lookup and used to add its answer once cached.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub bucket: String,
+    pub vector: Arc<Vec<f32>>,
+    pub markers: Markers,
+}
+
 struct Entry {
     vector: Arc<Vec<f32>>,
     markers: Markers,

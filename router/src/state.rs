@@ -44,8 +44,12 @@ pub struct AppState {
     /// One pooled client for every backend call.
     pub client: reqwest::Client,
     pub reqlog: Option<ReqLog>,
-    /// The learned policy, when the router runs one (for its admin and status endpoints).
+    /// The learned policy, when the router runs one (for its admin and status endpoints, and the
+    /// semantic cache's embeddings).
     pub learned: Option<Arc<LearnedPolicy>>,
+    /// The semantic cache's index: with a cache, when `--semantic-cache` or a request may use it
+    /// and the embedder loaded.
+    pub semantic: Option<Arc<crate::semantic::SemanticIndex>>,
     /// The accepted API keys, when `--api-keys` requires them.
     pub api_keys: Option<crate::keys::ApiKeys>,
     /// identity -> its latest request's decision and stats.
@@ -144,6 +148,7 @@ impl AppState {
             client,
             reqlog,
             learned: None,
+            semantic: None,
             api_keys,
             last,
         })
@@ -156,6 +161,18 @@ impl AppState {
         let learned =
             Arc::new(LearnedPolicy::new(&config.routing.router_model, &config.routing.embedder_dir, baseline));
         let mut st = AppState::new(config, learned.clone())?;
+        if st.cache.is_some() && learned.can_embed() {
+            let c = &st.config.cache;
+            st.semantic = Some(Arc::new(crate::semantic::SemanticIndex::new(
+                c.semantic_threshold,
+                Duration::from_secs(c.cache_ttl_secs),
+                c.semantic_max_entries,
+            )));
+        } else if st.config.cache.semantic_cache {
+            tracing::warn!(
+                "--semantic-cache is on but the cache is off or the embedder did not load: semantic cache off"
+            );
+        }
         st.learned = Some(learned);
         Ok(st)
     }

@@ -40,6 +40,8 @@ pub struct RouterRequest {
     pub seed: Option<u64>,
     pub preference: Preference,
     pub model: Option<String>,
+    /// `semantic_cache` of the request, when it set one.
+    pub semantic_cache: Option<bool>,
     pub stream: bool,
     pub protocol: Protocol,
     /// The JSON body sent to every backend tried (always streaming).
@@ -74,6 +76,7 @@ pub fn generate(body: &[u8], limits: Limits) -> Result<RouterRequest, ApiError> 
         seed: upstream.seed,
         preference: routing.prefer_backend.unwrap_or_default(),
         model: routing.forced_model(),
+        semantic_cache: routing.semantic_cache,
         stream,
         protocol: Protocol::Generate,
         upstream_body,

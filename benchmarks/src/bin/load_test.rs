@@ -261,6 +261,7 @@ async fn run() -> Result<i32> {
                         routing: Routing {
                             prefer_backend: Some(args.prefer_backend.into()),
                             model: args.model.clone(),
+                            semantic_cache: None,
                         },
                     };
                     let mut rec = RequestRecord {
