@@ -3,6 +3,7 @@ import { fetchBackends, fetchLastStats, setApiKey, streamGenerate, type BackendV
 import {
   backendAvailability,
   busy,
+  cacheLabel,
   current,
   deviceKind,
   errorText,
@@ -398,7 +399,7 @@ function RunCard({ run }: { run: Run }) {
           <div><dt>Latency</dt><dd>{fmt(d.latency_ms, 0, ' ms')}</dd></div>
           <div><dt>Tokens/s</dt><dd>{fmt(d.tokens_per_second, 1)}</dd></div>
           <div><dt>Tokens</dt><dd>{d.prompt_tokens} in / {d.completion_tokens} out</dd></div>
-          <div><dt>Cache</dt><dd>{(d.cache ?? r?.cache) === 'hit' ? 'hit' : 'miss'}</dd></div>
+          <div><dt>Cache</dt><dd>{cacheLabel(d.cache ?? r?.cache, r)}</dd></div>
           <div><dt>Routing</dt><dd>{fmt(d.routing_ms, 2, ' ms')}</dd></div>
           <div><dt>Router total</dt><dd>{fmt(d.total_ms, 0, ' ms')}</dd></div>
           <div><dt>Finish</dt><dd>{d.finish_reason}</dd></div>

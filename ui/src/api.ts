@@ -29,7 +29,10 @@ export interface RouteEvent {
   confidence: number;
   probabilities: Record<string, number>;
   reason: string;
+  /** `hit`, `semantic` (a close paraphrase's answer) or `miss`. */
   cache: string;
+  /** With a semantic hit: how similar the prompt is to the one that was answered. */
+  similarity?: number | null;
   features?: Record<string, number> | null;
   contributions?: Record<string, number> | Contribution[] | null;
   [extra: string]: unknown;

@@ -3,6 +3,7 @@ import type { BackendView, DoneEvent, RouteEvent } from './api';
 import {
   backendAvailability,
   busy,
+  cacheLabel,
   current,
   errorText,
   formProblem,
@@ -163,6 +164,10 @@ describe('rationale', () => {
     // The reason exactly as router/src/learned.rs words it.
     const low = 'low_confidence: best guess gemma-3-270m at p=0.41 is below the threshold 0.72, so the largest model answers';
     expect(reasonTags({ ...route, reason: low, cache: 'hit' })).toEqual(['low-confidence fallback', 'cache hit']);
+    expect(reasonTags({ ...route, cache: 'semantic', similarity: 0.934 })).toContain('semantic hit (similarity 0.93)');
+    expect(cacheLabel('semantic', { ...route, cache: 'semantic', similarity: 0.9 })).toBe('semantic hit (similarity 0.90)');
+    expect(cacheLabel('hit', route)).toBe('hit');
+    expect(cacheLabel(undefined, route)).toBe('miss');
     expect(reasonTags(route)).toEqual([]);
   });
 

@@ -205,7 +205,21 @@ export function reasonTags(route: RouteEvent | undefined): string[] {
   if (r.includes('low_confidence') || r.includes('low confidence') || r.includes('low-confidence')) tags.push('low-confidence fallback');
   else if (r.includes('fell back') || r.includes('fallback')) tags.push('fallback');
   if (route.cache === 'hit') tags.push('cache hit');
+  else if (route.cache === 'semantic') tags.push(semanticLabel(route));
   return tags;
+}
+
+/** A semantic hit, with its similarity: "semantic hit (similarity 0.93)". */
+export function semanticLabel(route: RouteEvent | undefined): string {
+  const s = route?.similarity;
+  return typeof s === 'number' ? `semantic hit (similarity ${s.toFixed(2)})` : 'semantic hit';
+}
+
+/** The Cache cell: hit, a semantic hit with its similarity, or miss. */
+export function cacheLabel(cache: string | undefined, route: RouteEvent | undefined): string {
+  if (cache === 'hit') return 'hit';
+  if (cache === 'semantic') return semanticLabel(route);
+  return 'miss';
 }
 
 /** The user-facing sentence for an error. */
