@@ -128,7 +128,7 @@ async fn stream(
                     set_str(&mut rec.model, &v["model"]);
                     set_str(&mut rec.backend, &v["backend"]);
                     set_str(&mut rec.device, &v["device"]);
-                    rec.cache_hit = v["cache"].as_str() == Some("hit");
+                    rec.cache_hit = matches!(v["cache"].as_str(), Some("hit" | "semantic"));
                 }
                 "token" => {
                     tokens_seen += 1;
@@ -143,7 +143,7 @@ async fn stream(
                     set_str(&mut rec.backend, &v["model_id"]);
                     set_str(&mut rec.device, &v["device"]);
                     if let Some(c) = v["cache"].as_str() {
-                        rec.cache_hit = c == "hit";
+                        rec.cache_hit = c == "hit" || c == "semantic";
                     }
                     rec.prompt_tokens = v["prompt_tokens"].as_u64().map(|x| x as u32);
                     let completion = v["completion_tokens"].as_u64().map(|x| x as u32).unwrap_or(tokens_seen);

@@ -43,7 +43,7 @@ pub struct RequestRecord {
     pub model: String,
     pub backend: String,
     pub device: String,
-    /// The router's `cache` field was `hit`.
+    /// The router's `cache` field was `hit` or `semantic`: answered from the cache.
     pub cache_hit: bool,
     /// Backends the router sent the request to (its `route` events): above 1 when it fell back to
     /// another backend before the first token. Empty in runs recorded before this column existed.

@@ -16,13 +16,17 @@ struct Pair {
     b: String,
 }
 
-fn pairs() -> Vec<Pair> {
+fn embedder() -> Embedder {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = std::env::var_os("EMBEDDER_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("models/all-MiniLM-L6-v2"));
-    let embedder =
-        Embedder::load(&dir).unwrap_or_else(|e| panic!("MiniLM is needed (fetch-models --only minilm): {e}"));
+    Embedder::load(&dir).unwrap_or_else(|e| panic!("MiniLM is needed (fetch-models --only minilm): {e}"))
+}
+
+fn pairs() -> Vec<Pair> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let embedder = embedder();
     let text = std::fs::read_to_string(root.join("datasets/semantic_pairs.jsonl")).unwrap();
     text.lines()
         .map(|l| {
@@ -87,6 +91,34 @@ fn the_threshold_and_guards_hit_paraphrases_and_keep_near_misses_out() {
     println!("at the default threshold {DEFAULT_THRESHOLD}: {:.0}% of {n_hit} paraphrases hit, {:.1}% of {n_miss} near misses", hit * 100.0, false_hit * 100.0);
     assert!(hit >= 0.60, "only {:.0}% of paraphrases hit", hit * 100.0);
     assert!(false_hit <= 0.01, "{:.1}% of near misses hit", false_hit * 100.0);
+    // Every prompt against every prompt of another pair: different questions (7,000+ pairs) must not
+    // share answers either.
+    let embedder = embedder();
+    let mut texts: Vec<&str> = pairs.iter().flat_map(|p| [p.a.as_str(), p.b.as_str()]).collect();
+    texts.sort();
+    texts.dedup();
+    let vectors: Vec<Vec<f32>> = texts.iter().map(|t| embedder.embed(t).unwrap().vector).collect();
+    let markers: Vec<Markers> = texts.iter().map(|t| Markers::of(t)).collect();
+    let partners: std::collections::HashSet<(&str, &str)> = pairs
+        .iter()
+        .filter(|p| p.hit)
+        .flat_map(|p| [(p.a.as_str(), p.b.as_str()), (p.b.as_str(), p.a.as_str())])
+        .collect();
+    let (mut cross, mut cross_hits) = (0usize, 0usize);
+    for i in 0..texts.len() {
+        for j in i + 1..texts.len() {
+            if partners.contains(&(texts[i], texts[j])) {
+                continue;
+            }
+            cross += 1;
+            if accepts(cosine(&vectors[i], &vectors[j]), DEFAULT_THRESHOLD, &markers[i], &markers[j]) {
+                cross_hits += 1;
+                println!("different questions accepted: {:?} / {:?}", texts[i], texts[j]);
+            }
+        }
+    }
+    println!("different questions: {cross_hits} of {cross} pairs accepted");
+    assert!((cross_hits as f64) <= 0.01 * cross as f64, "{cross_hits} of {cross}");
     // The guards earn their keep: similarity alone lets near misses through at this threshold.
     let (_, unguarded) = rates(&pairs, DEFAULT_THRESHOLD, false);
     assert!(unguarded > false_hit, "the guards change nothing here ({unguarded})");

@@ -105,6 +105,11 @@ struct Args {
     /// cannot cache: every request is a miss.
     #[arg(long, value_name = "K")]
     repeat_prompts: Option<usize>,
+
+    /// Ask the router's semantic cache too (`"semantic_cache": true`): a paraphrase of an answered
+    /// prompt is answered from the cache.
+    #[arg(long)]
+    semantic_cache: bool,
     /// API key, sent as `Authorization: Bearer`.
     #[arg(long, env = "POLYLLM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -261,7 +266,7 @@ async fn run() -> Result<i32> {
                         routing: Routing {
                             prefer_backend: Some(args.prefer_backend.into()),
                             model: args.model.clone(),
-                            semantic_cache: None,
+                            semantic_cache: args.semantic_cache.then_some(true),
                         },
                     };
                     let mut rec = RequestRecord {
@@ -328,6 +333,7 @@ async fn run() -> Result<i32> {
         "temp": args.temp,
         "seed": args.seed,
         "repeat_prompts": args.repeat_prompts,
+        "semantic_cache": args.semantic_cache,
         "prompt_set": args.prompts.as_ref().map_or("builtin:datasets/prompts/loadtest.jsonl".to_string(), |p| p.display().to_string()),
         "start_unix_s": run_start,
         "end_unix_s": run_end,
