@@ -196,11 +196,12 @@ mod tests {
     #[test]
     fn the_router_body_is_the_service_body_plus_routing() {
         let r: Routed<ChatCompletionRequest> = parse_json(
-            br#"{"model":"m2","prefer_backend":"cpu","messages":[{"role":"user","content":"x"}],"stream":true}"#,
+            br#"{"model":"m2","prefer_backend":"cpu","semantic_cache":true,"messages":[{"role":"user","content":"x"}],"stream":true}"#,
         )
         .unwrap();
         assert_eq!(r.routing.prefer_backend, Some(Preference::Cpu));
         assert_eq!(r.routing.forced_model().as_deref(), Some("m2"));
+        assert_eq!(r.routing.semantic_cache, Some(true), "an extra field of the OpenAI endpoints");
         assert_eq!(r.request.common.stream, Some(true));
         assert_eq!(r.request.messages.len(), 1);
     }
