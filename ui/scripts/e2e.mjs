@@ -94,7 +94,7 @@ function check(cond, msg) {
 
 async function main() {
   if (!existsSync(path.join(uiDir, 'dist', 'index.html'))) throw new Error('ui/dist is missing: run `npm run build` first');
-  if (!existsSync(model)) throw new Error(`model ${model} is missing: run \`cargo run -p inference --bin fetch-models -- --only gemma\``);
+  if (!existsSync(model)) throw new Error(`model ${model} is missing: run \`cargo run -p polyllm-fetch --bin fetch-models -- --only gemma\``);
   if (!existsSync(chromiumPath)) throw new Error(`${chromiumPath} is missing: apt-get install -y chromium`);
   if (process.env.E2E_NO_BUILD !== '1' || !existsSync(bin('inference')) || !existsSync(bin('router'))) {
     log('cargo build -p inference -p router (set E2E_NO_BUILD=1 to use the binaries as they are)');

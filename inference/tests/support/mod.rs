@@ -15,7 +15,7 @@ pub fn model(file: &str) -> PathBuf {
     let p = models_dir().join(file);
     assert!(
         p.exists(),
-        "{} is missing: run `cargo run --release -p inference --bin fetch-models` (the test command does this)",
+        "{} is missing: run `cargo run --release -p polyllm-fetch --bin fetch-models` (the test command does this)",
         p.display()
     );
     p
