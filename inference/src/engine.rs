@@ -1,23 +1,18 @@
-//! The model and the generation loop of one request.
+//! What every request shares, and what one request is.
 //!
-//! [`Engine`] owns what every request shares (weights, tokenizer, chat template, device). A request
-//! runs as a [`Job`] on a blocking thread: prefill the prompt in chunks of at most
-//! [`Engine::prefill_chunk`] tokens, then decode token by token, sending each decoded piece as an
-//! [`Event`] down a channel. When the receiver is gone (the client disconnected) the loop stops: it
-//! looks between prefill chunks and after every token, so a disconnect costs at most one more chunk
-//! or token, and the request's slot and KV cache are freed with the thread.
+//! [`Engine`] owns the weights, tokenizer, chat template and device. A request runs as a [`Job`]
+//! in the batch ([`crate::batch`]), which sends each decoded piece as an [`Event`]; a
+//! [`StopMatcher`] cuts the text at the request's stop strings.
 use crate::chat::ChatTemplate;
 use crate::metrics::Metrics;
-use crate::model::{Arch, Session, Weights};
+use crate::model::{Arch, Weights};
 use crate::sampling::SamplingParams;
-use crate::scheduler::Slot;
-use crate::tokenizer::{GgufTokenizer, TokenStream};
+use crate::tokenizer::GgufTokenizer;
 use anyhow::Result;
 use candle_core::Device;
-use polyllm_common::wire::{DoneStats, FinishReason};
+use polyllm_common::wire::DoneStats;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
 
 /// What every request shares.
 pub struct Engine {
@@ -110,130 +105,6 @@ impl StopMatcher {
 impl Engine {
     pub fn device_name(&self) -> &'static str {
         device_name(&self.device)
-    }
-
-    /// Runs `job` to the end, sending events to `tx`; blocks the calling thread. `slot` is held
-    /// until this returns.
-    pub fn run(&self, job: Job, tx: mpsc::Sender<Event>, slot: Slot) {
-        let outcome = self.generate(&job, &tx);
-        let status = match &outcome {
-            Ok(true) => "ok",
-            Ok(false) => "cancelled",
-            Err(e) => {
-                tracing::error!(model_id = %self.model_id, error = %format!("{e:#}"), "generation failed");
-                let _ = tx.blocking_send(Event::Error(format!("{e:#}")));
-                "error"
-            }
-        };
-        self.metrics.request_done(status);
-        drop(slot);
-    }
-
-    /// Returns Ok(false) when the client went away.
-    fn generate(&self, job: &Job, tx: &mpsc::Sender<Event>) -> Result<bool> {
-        let total = job.prompt_ids.len() + job.max_tokens;
-        let mut session: Session = self.weights.session(total);
-        let mut sampler = job.sampling.processor();
-        let mut stream = TokenStream::new(self.tokenizer.clone());
-        let mut stops = StopMatcher::new(job.stop.clone());
-        let stop_ids = self.tokenizer.stop_ids();
-        self.metrics.prompt_tokens.inc_by(job.prompt_ids.len() as u64);
-
-        let Some(mut logits) = self.prefill(&mut session, &job.prompt_ids, tx)? else {
-            return Ok(false);
-        };
-        let mut pos = job.prompt_ids.len();
-        let mut completion = 0usize;
-        let mut first_token_at: Option<Instant> = None;
-        let mut finish = FinishReason::Length;
-        let send = |text: String| -> bool { text.is_empty() || tx.blocking_send(Event::Token(text)).is_ok() };
-
-        while completion < job.max_tokens {
-            let next = sampler.sample(&logits)?;
-            if first_token_at.is_none() {
-                let now = Instant::now();
-                first_token_at = Some(now);
-                self.metrics.ttft.observe((now - job.received).as_secs_f64());
-            }
-            if stop_ids.contains(&next) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            completion += 1;
-            self.metrics.tokens_generated.inc();
-            if let Some(piece) = stream.push(next)? {
-                let (text, hit) = stops.push(&piece);
-                if !send(text) {
-                    return Ok(false);
-                }
-                if hit {
-                    finish = FinishReason::StopSequence;
-                    break;
-                }
-            } else if tx.is_closed() {
-                return Ok(false);
-            }
-            if completion == job.max_tokens {
-                break;
-            }
-            logits = session.forward(&[next], pos, &self.device)?;
-            pos += 1;
-        }
-        if finish != FinishReason::StopSequence {
-            let mut rest = stream.finish()?.unwrap_or_default();
-            let (text, hit) = stops.push(&rest);
-            rest = if hit {
-                finish = FinishReason::StopSequence;
-                text
-            } else {
-                text + &stops.finish()
-            };
-            if !send(rest) {
-                return Ok(false);
-            }
-        }
-
-        let end = Instant::now();
-        let latency = (end - job.received).as_secs_f64();
-        self.metrics.generation_latency.observe(latency);
-        let ttft = first_token_at.map(|t| (t - job.received).as_secs_f64()).unwrap_or(latency);
-        let tokens_per_second = match first_token_at {
-            Some(t) if completion > 1 && end > t => (completion - 1) as f64 / (end - t).as_secs_f64(),
-            _ if latency > 0.0 => completion as f64 / latency,
-            _ => 0.0,
-        };
-        let stats = DoneStats {
-            model_id: self.model_id.clone(),
-            model: self.model_name.clone(),
-            device: self.device_name().to_string(),
-            prompt_tokens: job.prompt_ids.len() as u32,
-            completion_tokens: completion as u32,
-            finish_reason: finish,
-            ttft_ms: ttft * 1e3,
-            latency_ms: latency * 1e3,
-            tokens_per_second,
-        };
-        Ok(tx.blocking_send(Event::Done(stats)).is_ok())
-    }
-
-    /// Runs the prompt through `session` in chunks; the logits of its last position, or `None` when
-    /// the client left between chunks.
-    fn prefill(
-        &self,
-        session: &mut Session,
-        prompt: &[u32],
-        tx: &mpsc::Sender<Event>,
-    ) -> Result<Option<candle_core::Tensor>> {
-        anyhow::ensure!(!prompt.is_empty(), "empty prompt");
-        let chunk = self.prefill_chunk.max(1);
-        let mut logits = None;
-        for (i, part) in prompt.chunks(chunk).enumerate() {
-            if tx.is_closed() {
-                return Ok(None);
-            }
-            logits = Some(session.forward(part, i * chunk, &self.device)?);
-        }
-        Ok(logits)
     }
 
     /// One short greedy generation, so the first real request does not pay for lazy set-up.

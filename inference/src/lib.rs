@@ -7,12 +7,14 @@
 //! - [`kernels`]: weight matrices and our Q8_0 CPU matmul kernels.
 //! - [`model`]: loading GGUF weights for each supported architecture; per-request KV caches.
 //! - [`sampling`]: greedy, temperature, top-k and top-p sampling.
-//! - [`engine`]: the generation loop for one request, on a blocking thread.
+//! - [`engine`]: what every request shares (weights, tokenizer) and what one request is.
+//! - [`batch`]: continuous batching: one thread steps every running request together.
 //! - [`scheduler`]: admission: concurrency slots and the bounded wait queue.
 //! - [`validation`]: request checks, turning bad input into 4xx errors.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`state`]: the shared state and how a checked job takes a slot and starts.
 //! - [`server`]: HTTP routes (`/generate`, `/health`, `/metrics`) and [`openai`]: the OpenAI API.
+pub mod batch;
 pub mod chat;
 pub mod config;
 pub mod engine;

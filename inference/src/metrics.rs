@@ -10,6 +10,12 @@ pub struct Metrics {
     pub prompt_tokens: IntCounter,
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
+    /// Sequences in the running batch (prompt being read or decoding).
+    pub batch_occupancy: IntGauge,
+    /// The batch's size, its most sequences at once (`--max-concurrent`).
+    pub batch_size: IntGauge,
+    /// Sequences decoded together per step: the tokens one pass over the weights produced.
+    pub decode_batch: Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0];
@@ -44,6 +50,16 @@ impl Metrics {
         let queue_depth =
             IntGauge::with_opts(with_id(Opts::new("model_queue_depth", "Requests waiting for a slot"))).unwrap();
         let in_flight = IntGauge::with_opts(with_id(Opts::new("model_in_flight", "Requests generating now"))).unwrap();
+        let batch_occupancy =
+            IntGauge::with_opts(with_id(Opts::new("model_batch_occupancy", "Sequences in the running batch"))).unwrap();
+        let batch_size =
+            IntGauge::with_opts(with_id(Opts::new("model_batch_size", "Most sequences in the batch at once"))).unwrap();
+        let decode_batch = Histogram::with_opts(
+            HistogramOpts::new("model_decode_batch_tokens", "Sequences decoded together per step (tokens per step)")
+                .const_label("model_id", model_id)
+                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]),
+        )
+        .unwrap();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(generation_latency.clone()),
@@ -52,6 +68,9 @@ impl Metrics {
             Box::new(prompt_tokens.clone()),
             Box::new(queue_depth.clone()),
             Box::new(in_flight.clone()),
+            Box::new(batch_occupancy.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(decode_batch.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -68,6 +87,9 @@ impl Metrics {
             prompt_tokens,
             queue_depth,
             in_flight,
+            batch_occupancy,
+            batch_size,
+            decode_batch,
         }
     }
 
@@ -96,5 +118,6 @@ mod tests {
         assert!(text.contains(r#"model_tokens_generated_total{model_id="m7"} 5"#), "{text}");
         assert!(text.contains("model_time_to_first_token_seconds_bucket"));
         assert!(text.contains("model_queue_depth"));
+        assert!(text.contains("model_batch_occupancy") && text.contains("model_decode_batch_tokens_bucket"));
     }
 }

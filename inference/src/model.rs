@@ -143,6 +143,45 @@ impl Session {
         self.run(tokens, pos, device, true)
     }
 
+    /// One decode step of several sequences of the same model: `tokens[i]` at `positions[i]` of
+    /// `sessions[i]`. Returns logits `[n, vocab]` (f32), row `i` bit for bit what
+    /// `sessions[i].forward(&[tokens[i]], positions[i])` returns, with one pass over the weights.
+    pub fn forward_batch(
+        sessions: &mut [&mut Session],
+        tokens: &[u32],
+        positions: &[usize],
+        device: &Device,
+    ) -> Result<Tensor> {
+        anyhow::ensure!(
+            !sessions.is_empty() && tokens.len() == sessions.len() && positions.len() == sessions.len(),
+            "a batch needs one token and one position per sequence"
+        );
+        let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
+        let logits = match &mut sessions[0] {
+            Session::Llama(_) => {
+                let mut ss: Vec<&mut qwen2::Session> = sessions
+                    .iter_mut()
+                    .map(|s| match &mut **s {
+                        Session::Llama(s) => Ok(s),
+                        _ => Err(anyhow::anyhow!("a batch of sequences of different models")),
+                    })
+                    .collect::<Result<_>>()?;
+                qwen2::Session::forward_batch(&mut ss, &input, positions)?
+            }
+            Session::Gemma3(_) => {
+                let mut ss: Vec<&mut gemma3::Session> = sessions
+                    .iter_mut()
+                    .map(|s| match &mut **s {
+                        Session::Gemma3(s) => Ok(s),
+                        _ => Err(anyhow::anyhow!("a batch of sequences of different models")),
+                    })
+                    .collect::<Result<_>>()?;
+                gemma3::Session::forward_batch(&mut ss, &input, positions)?
+            }
+        };
+        Ok(logits.to_dtype(candle_core::DType::F32)?)
+    }
+
     fn run(&mut self, tokens: &[u32], pos: usize, device: &Device, all: bool) -> Result<Tensor> {
         let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
         let logits = match self {

@@ -16,7 +16,7 @@ use polyllm_common::wire::{DoneStats, ErrorBody};
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -52,7 +52,7 @@ async fn run(
     })();
     let job = prepared.inspect_err(|e| st.refused(e))?;
     let model = engine.model_name.clone();
-    let mut rx = st.start(engine, job).await?;
+    let mut rx = st.start(job).await?;
     let (prefix, object, chunk_object) = match kind {
         Kind::Chat => ("chatcmpl", "chat.completion", "chat.completion.chunk"),
         Kind::Completion => ("cmpl", "text_completion", "text_completion"),
@@ -97,7 +97,7 @@ async fn run(
         )],
         Kind::Completion => vec![],
     };
-    let body = ReceiverStream::new(rx).flat_map(move |ev| {
+    let body = UnboundedReceiverStream::new(rx).flat_map(move |ev| {
         let events: Vec<SseEvent> = match ev {
             Event::Token(t) => vec![match kind {
                 Kind::Chat => {

@@ -1,4 +1,5 @@
-//! Admission: at most `max_concurrent` requests generate at once; up to `max_queue` more wait in
+//! Admission: at most `max_concurrent` requests generate at once (the places of the batch,
+//! [`crate::batch`]); up to `max_queue` more wait in
 //! FIFO order; beyond that a request is refused at once (the server answers 503 + Retry-After).
 //!
 //! A [`Slot`] is the right to generate. It is released when dropped, which happens when the
@@ -42,6 +43,7 @@ impl Drop for Waiting<'_> {
 impl Scheduler {
     pub fn new(max_concurrent: usize, max_queue: usize, metrics: Arc<Metrics>) -> Self {
         let max_concurrent = max_concurrent.max(1);
+        metrics.batch_size.set(max_concurrent as i64);
         Scheduler {
             slots: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
@@ -75,6 +77,16 @@ impl Scheduler {
 
     pub fn in_flight(&self) -> usize {
         self.max_concurrent - self.slots.available_permits()
+    }
+
+    /// Places free in the batch now.
+    pub fn free(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    /// The batch's size.
+    pub fn capacity(&self) -> usize {
+        self.max_concurrent
     }
 
     pub fn queued(&self) -> usize {

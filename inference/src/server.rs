@@ -16,7 +16,7 @@ use futures::StreamExt;
 use polyllm_common::wire::{ErrorBody, GenerateRequest, GenerateResponse, HealthBody};
 use std::convert::Infallible;
 use std::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
     Router::new()
@@ -65,9 +65,9 @@ async fn generate(
     let ValidJson(req) = body.inspect_err(|e| st.refused(e))?;
     let engine = st.engine().inspect_err(|e| st.refused(e))?;
     let (job, stream) = validation::generate_job(&engine, req, received).inspect_err(|e| st.refused(e))?;
-    let mut rx = st.start(engine, job).await?;
+    let mut rx = st.start(job).await?;
     if stream {
-        let events = ReceiverStream::new(rx).map(|ev| {
+        let events = UnboundedReceiverStream::new(rx).map(|ev| {
             Ok::<_, Infallible>(match ev {
                 Event::Token(text) => json_event("token", &polyllm_common::wire::TokenEvent { text }),
                 Event::Done(stats) => json_event("done", &stats),

@@ -1,6 +1,7 @@
 //! The service's shared state: its identity, the engine once loaded, the scheduler's slots and
-//! the metrics; and how a checked job takes a slot and starts. Both the native handlers
+//! the metrics; and how a checked job takes a slot and joins the batch. Both the native handlers
 //! ([`crate::server`]) and the OpenAI ones ([`crate::openai`]) use it.
+use crate::batch::Batcher;
 use crate::engine::{Engine, Event, Job};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -20,17 +21,19 @@ pub struct Identity {
 pub struct AppState {
     pub identity: Identity,
     engine: OnceLock<Arc<Engine>>,
+    batcher: OnceLock<Batcher>,
     pub scheduler: Scheduler,
     pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn new(identity: Identity, scheduler: Scheduler, metrics: Arc<Metrics>) -> Self {
-        AppState { identity, engine: OnceLock::new(), scheduler, metrics }
+        AppState { identity, engine: OnceLock::new(), batcher: OnceLock::new(), scheduler, metrics }
     }
 
-    /// Marks the service ready.
+    /// Starts the batch over `engine` and marks the service ready.
     pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.batcher.set(Batcher::start(engine.clone()));
         let _ = self.engine.set(engine);
     }
 
@@ -48,11 +51,12 @@ impl AppState {
         self.metrics.request_done(status);
     }
 
-    /// Takes a slot (waiting in the queue if needed) and starts `job` on a blocking thread.
-    pub async fn start(&self, engine: Arc<Engine>, job: Job) -> Result<mpsc::Receiver<Event>, ApiError> {
+    /// Takes a slot (waiting in the queue if needed) and adds `job` to the batch.
+    pub async fn start(&self, job: Job) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
+        let batcher = self.batcher.get().ok_or(ApiError::Loading)?;
         let slot = self.scheduler.acquire().await.inspect_err(|e| self.refused(e))?;
-        let (tx, rx) = mpsc::channel(64);
-        tokio::task::spawn_blocking(move || engine.run(job, tx, slot));
+        let (tx, rx) = mpsc::unbounded_channel();
+        batcher.submit(job, tx, slot);
         Ok(rx)
     }
 }

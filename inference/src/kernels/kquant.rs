@@ -414,19 +414,31 @@ const UNIT: usize = TILE_ROWS;
 /// `x @ w^T` for each of `ws` (matrices of `x`'s width): one dispatch to candle's worker pool for
 /// all of them, units of 16 rows numbered across the matrices.
 pub fn gemv_many(ws: &[KWeights], x: &Q8KRow) -> Vec<Vec<f32>> {
-    gemv_many_with(ws, x, available())
+    rows_many_with(ws, std::slice::from_ref(x), available())
 }
 
-/// [`gemv_many`] with the AVX-512 kernels (`fast`, where [`available`]) or the scalar ones.
-fn gemv_many_with(ws: &[KWeights], x: &Q8KRow, fast: bool) -> Vec<Vec<f32>> {
+/// `xs @ w^T` for each of `ws`: `[m, n]` row-major per matrix, each row bit for bit what
+/// [`gemv_many`] gives it alone (the same per-row kernel, whatever the rows beside it), which is
+/// what a batched decode step needs for its outputs to match the same sequence run alone. Per unit
+/// of 16 weight rows every activation row passes over the unit while it is in cache, so the
+/// weights stream from memory once per step, not once per sequence.
+pub fn rows_many(ws: &[KWeights], xs: &[Q8KRow]) -> Vec<Vec<f32>> {
+    rows_many_with(ws, xs, available())
+}
+
+/// [`rows_many`] with the AVX-512 kernels (`fast`, where [`available`]) or the scalar ones.
+fn rows_many_with(ws: &[KWeights], xs: &[Q8KRow], fast: bool) -> Vec<Vec<f32>> {
     for w in ws {
         let (n, k) = w.dims();
-        assert_eq!(k, x.k, "gemv: activations of width {} against weights of width {k}", x.k);
+        for x in xs {
+            assert_eq!(k, x.k, "gemv: activations of width {} against weights of width {k}", x.k);
+        }
         if let KWeights::Q6K { bytes, .. } = w {
             assert_eq!(bytes.len(), n * k / QK_K * Q6K_BYTES, "gemv: Q6_K matrix of {} bytes", bytes.len());
         }
     }
-    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.dims().0]).collect();
+    let m = xs.len();
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.dims().0]).collect();
     let units = super::Units::new(ws.iter().map(|w| w.dims().0).collect(), UNIT);
     let dsts: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
     let run = |range: std::ops::Range<usize>| {
@@ -435,18 +447,26 @@ fn gemv_many_with(ws: &[KWeights], x: &Q8KRow, fast: bool) -> Vec<Vec<f32>> {
                 let row_bytes = k / QK_K * Q6K_BYTES;
                 for j in j0..j1.min(n) {
                     let w = &bytes[j * row_bytes..(j + 1) * row_bytes];
-                    let v = if fast { q6k_row_fast(w, x) } else { row_scalar(KType::Q6K, w, x) };
-                    // SAFETY: each call gets a disjoint range of units, i.e. of rows of each
-                    // matrix, and writes only those entries of that matrix's `n` outputs.
-                    unsafe { *dsts[t].0.add(j) = v };
+                    for (i, x) in xs.iter().enumerate() {
+                        let v = if fast { q6k_row_fast(w, x) } else { row_scalar(KType::Q6K, w, x) };
+                        // SAFETY: each call gets a disjoint range of units, i.e. of rows of each
+                        // matrix, and writes only those columns of that matrix's `m * n` outputs.
+                        unsafe { *dsts[t].at(i * n + j) = v };
+                    }
                 }
             }
             KWeights::Q4K(tiles) => {
+                let n = tiles.n;
+                let mut row = [0f32; TILE_ROWS];
                 // Units are whole tiles: j0 and j1 are multiples of 16 (n is).
                 for u in j0 / TILE_ROWS..j1 / TILE_ROWS {
-                    // SAFETY: as above; rows 16u..16u + 16 are this call's.
-                    let out = unsafe { std::slice::from_raw_parts_mut(dsts[t].0.add(u * TILE_ROWS), TILE_ROWS) };
-                    q4k_unit(tiles.unit(u), x, out, fast);
+                    for (i, x) in xs.iter().enumerate() {
+                        q4k_unit(tiles.unit(u), x, &mut row, fast);
+                        // SAFETY: as above; columns 16u..16u + 16 of row i are this call's.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(row.as_ptr(), dsts[t].at(i * n + u * TILE_ROWS), TILE_ROWS)
+                        };
+                    }
                 }
             }
         });
@@ -461,27 +481,7 @@ fn gemv_many_with(ws: &[KWeights], x: &Q8KRow, fast: bool) -> Vec<Vec<f32>> {
 /// every prompt row passes over the unit's tiles while they are in cache, so the matrix streams
 /// from memory once; candle would first build a second, wider copy of it (6 bits per weight).
 pub fn q4k_rows(w: &Q4KTiles, xs: &[Q8KRow]) -> Vec<f32> {
-    for x in xs {
-        assert_eq!(w.k, x.k, "matmul: activations of width {} against weights of width {}", x.k, w.k);
-    }
-    let (m, n) = (xs.len(), w.n);
-    let mut out = vec![0f32; m * n];
-    let units = super::Units::new(vec![n], UNIT);
-    let dst = OutPtr(out.as_mut_ptr());
-    units.dispatch(true, |range| {
-        units.each(range, |_, j0, j1| {
-            let mut row = [0f32; TILE_ROWS];
-            for u in j0 / TILE_ROWS..j1 / TILE_ROWS {
-                for (i, x) in xs.iter().enumerate() {
-                    q4k_unit(w.unit(u), x, &mut row, available());
-                    // SAFETY: each call gets a disjoint range of units, i.e. of columns; this
-                    // writes columns 16u..16u + 16 of row i of the `m * n` output.
-                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.at(i * n + u * TILE_ROWS), TILE_ROWS) };
-                }
-            }
-        });
-    });
-    out
+    rows_many(&[KWeights::Q4K(w)], xs).remove(0)
 }
 
 fn q6k_row_fast(w: &[u8], x: &Q8KRow) -> f32 {
@@ -728,7 +728,7 @@ mod tests {
             let tiles = Q4KTiles::new(&q4k, n, k).expect("n is a multiple of 16");
             let weights = [KWeights::Q4K(&tiles), KWeights::Q6K { n, k, bytes: &q6k }];
             let fast = gemv_many(&weights, &q);
-            let scalar = gemv_many_with(&weights, &q, false);
+            let scalar = rows_many_with(&weights, std::slice::from_ref(&q), false);
             for (i, (ty, bytes)) in [(KType::Q4K, &q4k), (KType::Q6K, &q6k)].into_iter().enumerate() {
                 let theirs = candle_gemv(ty, bytes, n, k, &x);
                 let row_bytes = k / QK_K * ty.bytes();
@@ -766,6 +766,35 @@ mod tests {
                     }
                 }
                 assert!(theirs.iter().any(|v| v.abs() > 1e-3), "{ty:?}: degenerate test data");
+            }
+        }
+    }
+
+    /// A decode batch: every row of a several-row product, for both block types, in one call,
+    /// bit for bit what the same row gives alone, with the fast kernels and the scalar ones.
+    #[test]
+    fn rows_of_a_batch_equal_each_row_alone() {
+        let mut rng = Rng(77);
+        let (n, k) = (48, 1536);
+        let q4k = random_matrix(KType::Q4K, n, k, &mut rng);
+        let q6k = random_matrix(KType::Q6K, n, k, &mut rng);
+        let tiles = Q4KTiles::new(&q4k, n, k).unwrap();
+        let weights = [KWeights::Q4K(&tiles), KWeights::Q6K { n, k, bytes: &q6k }];
+        for m in [1, 2, 3, 8] {
+            let xs: Vec<Q8KRow> =
+                (0..m).map(|_| quantize_q8k(&(0..k).map(|_| rng.f32() * 2.0).collect::<Vec<_>>())).collect();
+            for fast in [false, true] {
+                let batch = rows_many_with(&weights, &xs, fast);
+                for (i, x) in xs.iter().enumerate() {
+                    let alone = rows_many_with(&weights, std::slice::from_ref(x), fast);
+                    for t in 0..2 {
+                        assert_eq!(alone[t].len(), n);
+                        let row: Vec<u32> = batch[t][i * n..(i + 1) * n].iter().map(|v| v.to_bits()).collect();
+                        let want: Vec<u32> = alone[t].iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(row, want, "matrix {t} m={m} row {i} fast={fast}");
+                    }
+                }
+                assert!(batch[0].iter().any(|v| v.abs() > 1e-3), "degenerate test data");
             }
         }
     }

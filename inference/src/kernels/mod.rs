@@ -155,6 +155,31 @@ impl KMatrix {
         q8_output(kquant::q4k_rows(tiles, &rows), n, x)
     }
 
+    /// `x @ w^T` for each of `ws` on every row of `x`, each row what [`KMatrix::gemv_many`] gives
+    /// it alone ([`kquant::rows_many`]), with one pool dispatch.
+    fn rows_many(ws: &[&KMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+        let k = ws[0].dims().1;
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if x.dims().last() != Some(&k) {
+            candle_core::bail!("matmul: input of width {:?} against a matrix of width {k}", x.dims().last());
+        }
+        let rows: Vec<kquant::Q8KRow> = xs.chunks_exact(k).map(kquant::quantize_q8k).collect();
+        let data = ws.iter().map(|w| w.t.data()).collect::<Result<Vec<_>>>()?;
+        let weights: Vec<kquant::KWeights> = ws.iter().zip(&data).map(|(w, bytes)| w.weights(bytes)).collect();
+        kquant::rows_many(&weights, &rows).into_iter().zip(ws).map(|(out, w)| q8_output(out, w.dims().0, x)).collect()
+    }
+
+    /// What the kernels read: the re-laid Q4_K tiles, or the Q6_K file blocks `bytes`.
+    fn weights<'a>(&'a self, bytes: &'a [u8]) -> kquant::KWeights<'a> {
+        match &self.q4k {
+            Some(tiles) => kquant::KWeights::Q4K(tiles),
+            None => {
+                let (n, k) = self.dims();
+                kquant::KWeights::Q6K { n, k, bytes }
+            }
+        }
+    }
+
     /// `x @ w^T` for each of `ws` on one row `x`, with one quantization and one pool dispatch.
     fn gemv_many(ws: &[&KMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
         let k = ws[0].dims().1;
@@ -164,17 +189,7 @@ impl KMatrix {
         }
         let q = kquant::quantize_q8k(&xs);
         let data = ws.iter().map(|w| w.t.data()).collect::<Result<Vec<_>>>()?;
-        let weights: Vec<kquant::KWeights> = ws
-            .iter()
-            .zip(&data)
-            .map(|(w, bytes)| match &w.q4k {
-                Some(tiles) => kquant::KWeights::Q4K(tiles),
-                None => {
-                    let (n, k) = w.dims();
-                    kquant::KWeights::Q6K { n, k, bytes }
-                }
-            })
-            .collect();
+        let weights: Vec<kquant::KWeights> = ws.iter().zip(&data).map(|(w, bytes)| w.weights(bytes)).collect();
         kquant::gemv_many(&weights, &q).into_iter().zip(ws).map(|(out, w)| q8_output(out, w.dims().0, x)).collect()
     }
 }
@@ -314,6 +329,62 @@ impl Linear {
             }
         }
         ws.iter().map(|w| w.forward(x)).collect()
+    }
+}
+
+impl Linear {
+    /// `x @ w^T` for each of `ws`, where `x` (`[.., rows, k]`) holds one row per sequence of a
+    /// decode batch: each output row is bit for bit what that row gets alone from
+    /// [`Linear::forward_many`] (several matrices) or [`Module::forward`] (one), so a sequence
+    /// decodes the same tokens in a batch as alone. Where every matrix is ours, one pass over each
+    /// serves every row (the weights stream from memory once per step, not once per sequence);
+    /// the tile unit is not used (its float order differs from the one-row kernels'). Other
+    /// matrices (candle's) run row by row.
+    pub fn forward_batch(ws: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        if ws.is_empty() {
+            return Ok(Vec::new());
+        }
+        let alone = |row: &Tensor| -> Result<Vec<Tensor>> {
+            match ws {
+                [w] => Ok(vec![w.forward(row)?]),
+                _ => Linear::forward_many(ws, row),
+            }
+        };
+        if one_row(x) {
+            return alone(x);
+        }
+        if let Some(ms) =
+            ws.iter().map(|w| if let Linear::Q8(m) = w { Some(m) } else { None }).collect::<Option<Vec<_>>>()
+        {
+            let rows = q8_input(x, ms[0].cols())?;
+            return Q8Matrix::matmul_many(&ms, &rows)
+                .into_iter()
+                .zip(&ms)
+                .map(|(out, m)| q8_output(out, m.rows(), x))
+                .collect();
+        }
+        if let Some(ks) =
+            ws.iter().map(|w| if let Linear::K(m) = w { Some(m) } else { None }).collect::<Option<Vec<_>>>()
+        {
+            return KMatrix::rows_many(&ks, x);
+        }
+        let dims = x.dims();
+        let (m, k) = (rows(x), *dims.last().unwrap());
+        let flat = x.reshape((m, k))?;
+        let mut outs: Vec<Vec<Tensor>> = vec![Vec::with_capacity(m); ws.len()];
+        for i in 0..m {
+            for (t, o) in alone(&flat.narrow(0, i, 1)?)?.into_iter().enumerate() {
+                outs[t].push(o.flatten_all()?);
+            }
+        }
+        outs.into_iter()
+            .map(|rows_t| {
+                let n = rows_t[0].elem_count();
+                let mut d = dims.to_vec();
+                *d.last_mut().unwrap() = n;
+                Tensor::stack(&rows_t, 0)?.reshape(d)
+            })
+            .collect()
     }
 }
 

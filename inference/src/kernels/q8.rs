@@ -787,6 +787,33 @@ pub(crate) mod tests {
         }
     }
 
+    /// A decode batch: each row of a several-row product is bit for bit that row's product alone,
+    /// with every kernel this CPU runs (the tile shape must not change a row's float order).
+    #[test]
+    fn rows_of_a_batch_equal_each_row_alone() {
+        let (n, k) = (37, 896);
+        let q5 = q5_bytes(n, k, 21);
+        for w in [Q8Matrix::quantize(&data(n * k, 13), n, k), Q8Matrix::from_ggml_q5_0(&q5, n, k)] {
+            for m in [2, 3, 5, 8] {
+                let x = quantize_rows(&data(m * k, m as u32), k);
+                for kernel in Kernel::available() {
+                    let batch = w.matmul_with(kernel, &x);
+                    for i in 0..m {
+                        let one = Q8Rows {
+                            m: 1,
+                            k,
+                            d: x.d[i * (k / QK)..(i + 1) * (k / QK)].to_vec(),
+                            q: x.q[i * k..(i + 1) * k].to_vec(),
+                        };
+                        let alone = w.matmul_with(kernel, &one);
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&batch[i * n..(i + 1) * n]), bits(&alone), "{kernel:?} m={m} row {i}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn kernels_agree_on_model_sized_rows() {
         // Rows as wide as the models' (640, 896, 2048, 4864 weights), one and several

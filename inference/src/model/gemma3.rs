@@ -130,82 +130,146 @@ impl Weights {
     }
 }
 
+/// The tensor-op path's masks (GPUs) for one prompt, global and sliding-window, each built on
+/// first need and reused across layers.
+#[derive(Default)]
+struct Masks {
+    global: Option<Tensor>,
+    local: Option<Tensor>,
+}
+
+impl Inner {
+    /// Self-attention of one sequence's `seq` new positions at `pos..` in `layer`: `q`, `k`, `v`
+    /// are `[1, seq, heads * d]` as projected; the keys and values are appended to `cache`.
+    /// Returns `[1, seq, n_head * d]`.
+    fn attend(
+        &self,
+        layer: &Layer,
+        cache: &mut KvCache,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        pos: usize,
+        masks: &mut Masks,
+    ) -> Result<Tensor> {
+        let w = self;
+        let (b, seq, _) = q.dims3()?;
+        let dev = q.device().clone();
+        let kv_len = pos + seq;
+        let n_rep = w.n_head / w.n_kv_head;
+        let scale = 1.0 / (w.head_dim as f64).sqrt();
+        let q = q.reshape((b, seq, w.n_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let q = layer.q_norm.forward(&q)?;
+        let k = layer.k_norm.forward(&k)?;
+        let (cos, sin) = if layer.window.is_some() { &w.rope_local } else { &w.rope_global };
+        let (cos, sin) = (cos.narrow(0, pos, seq)?, sin.narrow(0, pos, seq)?);
+        let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+        let (k, v) = cache.append(&k, &v)?;
+        // On the CPU attention reads the cache in place (windowed layers see only the last
+        // `win` keys of each position); GPUs take the tensor ops below.
+        if let Some(y) = cached_attention(&q, cache, pos, layer.window, scale as f32)? {
+            return Ok(y);
+        }
+        let (k, v, mask) = match layer.window {
+            // Decoding one token: keys older than the window are simply left out.
+            Some(win) if seq == 1 && kv_len > win => {
+                (k.narrow(2, kv_len - win, win)?, v.narrow(2, kv_len - win, win)?, None)
+            }
+            Some(win) if seq > 1 => {
+                if masks.local.is_none() {
+                    masks.local = Some(causal_mask(seq, pos, Some(win), &dev)?);
+                }
+                (k, v, masks.local.as_ref())
+            }
+            _ => {
+                if seq > 1 && masks.global.is_none() {
+                    masks.global = Some(causal_mask(seq, pos, None, &dev)?);
+                }
+                (k, v, masks.global.as_ref().filter(|_| seq > 1))
+            }
+        };
+        let k = repeat_kv(k.contiguous()?, n_rep)?;
+        let v = repeat_kv(v.contiguous()?, n_rep)?;
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = match mask {
+            Some(m) => att.broadcast_add(m)?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        att.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, w.n_head * w.head_dim))
+    }
+
+    /// One layer after its attention output `y`: output projection, norms, residuals and the MLP.
+    /// With `batch`, `x` holds one row per sequence of a decode batch, each computed as alone.
+    fn finish_layer(&self, layer: &Layer, y: &Tensor, residual: Tensor, batch: bool) -> Result<Tensor> {
+        let one = |w: &Linear, x: &Tensor| -> Result<Tensor> {
+            if batch {
+                Ok(Linear::forward_batch(&[w], x)?.remove(0))
+            } else {
+                w.forward(x)
+            }
+        };
+        let y = layer.post_attn_norm.forward(&one(&layer.wo, y)?)?;
+        let x1 = (y + residual)?;
+        let h = layer.ffn_norm.forward(&x1)?;
+        let ws = [&layer.gate, &layer.up];
+        let [gate, up]: [Tensor; 2] =
+            if batch { Linear::forward_batch(&ws, &h)? } else { Linear::forward_many(&ws, &h)? }.try_into().unwrap();
+        let gated = super::activation::gelu_tanh_mul(&gate, &up)?;
+        let y = layer.post_ffn_norm.forward(&one(&layer.down, &gated)?)?;
+        y + x1
+    }
+}
+
 impl Session {
     /// Logits `[1, vocab]` for the last of `input`'s tokens, placed at `pos..`; with `all`, logits
     /// `[seq, vocab]` for every position (batch of one).
     pub fn forward(&mut self, input: &Tensor, pos: usize, all: bool) -> Result<Tensor> {
         let w = &*self.w;
-        let (b, seq) = input.dims2()?;
-        let dev = input.device();
-        let kv_len = pos + seq;
-        // Only the tensor-op attention (GPUs) uses masks: each built on first need.
-        let mut mask_global = None;
-        let mut mask_local = None;
-        let n_rep = w.n_head / w.n_kv_head;
-        let scale = 1.0 / (w.head_dim as f64).sqrt();
+        let (_, seq) = input.dims2()?;
+        let mut masks = Masks::default();
         let mut x = (w.embed.forward(input)? * (w.hidden as f64).sqrt())?;
         for (layer, cache) in w.layers.iter().zip(self.caches.iter_mut()) {
             let residual = x.clone();
             let h = layer.attn_norm.forward(&x)?;
-            let [q, k, v]: [Tensor; 3] =
-                Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &h)?.try_into().unwrap();
-            let q = q.reshape((b, seq, w.n_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let q = layer.q_norm.forward(&q)?;
-            let k = layer.k_norm.forward(&k)?;
-            let (cos, sin) = if layer.window.is_some() { &w.rope_local } else { &w.rope_global };
-            let (cos, sin) = (cos.narrow(0, pos, seq)?, sin.narrow(0, pos, seq)?);
-            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
-            let (k, v) = cache.append(&k, &v)?;
-            // On the CPU attention reads the cache in place (windowed layers see only the last
-            // `win` keys of each position); GPUs take the tensor ops below.
-            let fast = cached_attention(&q, cache, pos, layer.window, scale as f32)?;
-            let y = match fast {
-                Some(y) => y,
-                None => {
-                    let (k, v, mask) = match layer.window {
-                        // Decoding one token: keys older than the window are simply left out.
-                        Some(win) if seq == 1 && kv_len > win => {
-                            (k.narrow(2, kv_len - win, win)?, v.narrow(2, kv_len - win, win)?, None)
-                        }
-                        Some(win) if seq > 1 => {
-                            if mask_local.is_none() {
-                                mask_local = Some(causal_mask(seq, pos, Some(win), dev)?);
-                            }
-                            (k, v, mask_local.as_ref())
-                        }
-                        _ => {
-                            if seq > 1 && mask_global.is_none() {
-                                mask_global = Some(causal_mask(seq, pos, None, dev)?);
-                            }
-                            (k, v, mask_global.as_ref())
-                        }
-                    };
-                    let k = repeat_kv(k.contiguous()?, n_rep)?;
-                    let v = repeat_kv(v.contiguous()?, n_rep)?;
-                    let att = (q.matmul(&k.t()?)? * scale)?;
-                    let att = match mask {
-                        Some(m) => att.broadcast_add(m)?,
-                        None => att,
-                    };
-                    let att = candle_nn::ops::softmax_last_dim(&att)?;
-                    att.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, w.n_head * w.head_dim))?
-                }
-            };
-            let y = layer.post_attn_norm.forward(&layer.wo.forward(&y)?)?;
-            let x1 = (y + residual)?;
-            let h = layer.ffn_norm.forward(&x1)?;
-            let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&layer.gate, &layer.up], &h)?.try_into().unwrap();
-            let gated = super::activation::gelu_tanh_mul(&gate, &up)?;
-            let y = layer.post_ffn_norm.forward(&layer.down.forward(&gated)?)?;
-            x = (y + x1)?;
+            let qkv: [Tensor; 3] = Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &h)?.try_into().unwrap();
+            let [q, k, v] = qkv;
+            let y = w.attend(layer, cache, (q, k, v), pos, &mut masks)?;
+            x = w.finish_layer(layer, &y, residual, false)?;
         }
         if all {
             return w.output.forward(&w.norm.forward(&x)?)?.squeeze(0);
         }
         let x = w.norm.forward(&x.i((.., seq - 1..seq, ..))?)?;
         w.output.forward(&x)?.squeeze(1)
+    }
+
+    /// One decode step of several sequences: `input` (`[1, n]`) holds the next token of each of
+    /// `sessions`, placed at `positions`. Returns logits `[n, vocab]`, row `i` bit for bit what
+    /// `sessions[i].forward` gives that token alone: the matrix products run over all rows at
+    /// once ([`Linear::forward_batch`]), attention per sequence over its own cache.
+    pub fn forward_batch(sessions: &mut [&mut Session], input: &Tensor, positions: &[usize]) -> Result<Tensor> {
+        let Some(first) = sessions.first() else { candle_core::bail!("an empty batch") };
+        let w = first.w.clone();
+        if sessions.iter().any(|s| !Arc::ptr_eq(&s.w, &w)) || positions.len() != sessions.len() {
+            candle_core::bail!("a batch of sequences of different models");
+        }
+        let mut x = (w.embed.forward(input)? * (w.hidden as f64).sqrt())?;
+        for (l, layer) in w.layers.iter().enumerate() {
+            let residual = x.clone();
+            let h = layer.attn_norm.forward(&x)?;
+            let [q, k, v]: [Tensor; 3] =
+                Linear::forward_batch(&[&layer.wq, &layer.wk, &layer.wv], &h)?.try_into().unwrap();
+            let mut ys = Vec::with_capacity(sessions.len());
+            for (i, s) in sessions.iter_mut().enumerate() {
+                let row = |t: &Tensor| t.narrow(1, i, 1);
+                let qkv = (row(&q)?, row(&k)?, row(&v)?);
+                ys.push(w.attend(layer, &mut s.caches[l], qkv, positions[i], &mut Masks::default())?);
+            }
+            x = w.finish_layer(layer, &Tensor::cat(&ys, 1)?, residual, true)?;
+        }
+        let x = w.norm.forward(&x)?;
+        Linear::forward_batch(&[&w.output], &x)?.remove(0).squeeze(0)
     }
 }

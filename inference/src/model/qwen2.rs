@@ -28,6 +28,12 @@ impl Mlp {
         let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&self.gate, &self.up], x)?.try_into().unwrap();
         self.down.forward(&super::activation::silu_mul(&gate, &up)?)
     }
+
+    /// [`Mlp::forward`] of a decode batch, each row as it would be alone.
+    fn forward_batch(&self, x: &Tensor) -> Result<Tensor> {
+        let [gate, up]: [Tensor; 2] = Linear::forward_batch(&[&self.gate, &self.up], x)?.try_into().unwrap();
+        Ok(Linear::forward_batch(&[&self.down], &super::activation::silu_mul(&gate, &up)?)?.remove(0))
+    }
 }
 
 struct Layer {
@@ -161,53 +167,71 @@ fn add_bias(x: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
     }
 }
 
+impl Inner {
+    /// Self-attention of one sequence's `seq` new positions at `pos..`: `q`, `k`, `v` are
+    /// `[1, seq, heads * d]` as projected (biases added); the keys and values are appended to
+    /// `cache`. Returns `[1, seq, hidden]`. `mask` is the causal mask of the tensor-op path
+    /// (GPUs), built on first need and reused across layers.
+    fn attend(
+        &self,
+        cache: &mut KvCache,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        pos: usize,
+        mask: &mut Option<Tensor>,
+    ) -> Result<Tensor> {
+        let w = self;
+        let (b, seq, _) = q.dims3()?;
+        let q = q.reshape((b, seq, w.n_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let (cos, sin) = (w.cos.narrow(0, pos, seq)?, w.sin.narrow(0, pos, seq)?);
+        let rope = if w.interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
+        let q = rope(&q, &cos, &sin)?;
+        let k = rope(&k, &cos, &sin)?;
+        let (k, v) = cache.append(&k, &v)?;
+        let scale = 1.0 / (w.head_dim as f64).sqrt();
+        // On the CPU attention reads the cache in place; GPUs take the tensor ops.
+        if let Some(y) = cached_attention(&q, cache, pos, None, scale as f32)? {
+            return Ok(y);
+        }
+        let n_rep = w.n_head / w.n_kv_head;
+        let k = repeat_kv(k.contiguous()?, n_rep)?;
+        let v = repeat_kv(v.contiguous()?, n_rep)?;
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        if seq > 1 && mask.is_none() {
+            *mask = Some(causal_mask(seq, pos, None, q.device())?);
+        }
+        let att = match mask {
+            Some(m) if seq > 1 => att.broadcast_add(m)?,
+            _ => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        att.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, w.hidden))
+    }
+
+    /// The projections of a layer's attention input `h`, each row (one per sequence of a decode
+    /// batch with `batch`) as it would be alone.
+    fn qkv(&self, layer: &Layer, h: &Tensor, batch: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        let ws = [&layer.wq, &layer.wk, &layer.wv];
+        let [q, k, v]: [Tensor; 3] =
+            if batch { Linear::forward_batch(&ws, h)? } else { Linear::forward_many(&ws, h)? }.try_into().unwrap();
+        Ok((add_bias(q, &layer.bq)?, add_bias(k, &layer.bk)?, add_bias(v, &layer.bv)?))
+    }
+}
+
 impl Session {
     /// Logits `[1, vocab]` for the last of `input`'s tokens, placed at `pos..`; with `all`, logits
     /// `[seq, vocab]` for every position (batch of one).
     pub fn forward(&mut self, input: &Tensor, pos: usize, all: bool) -> Result<Tensor> {
         let w = &*self.w;
-        let (b, seq) = input.dims2()?;
+        let (_, seq) = input.dims2()?;
         // Only the tensor-op attention (GPUs) uses a mask: built on first need.
         let mut mask: Option<Tensor> = None;
-        let cos = w.cos.narrow(0, pos, seq)?;
-        let sin = w.sin.narrow(0, pos, seq)?;
-        let scale = 1.0 / (w.head_dim as f64).sqrt();
         let mut x = w.embed.forward(input)?;
         for (layer, cache) in w.layers.iter().zip(self.caches.iter_mut()) {
             let residual = &x;
             let h = layer.attn_norm.forward(&x)?;
-            let [q, k, v]: [Tensor; 3] =
-                Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &h)?.try_into().unwrap();
-            let q = add_bias(q, &layer.bq)?;
-            let k = add_bias(k, &layer.bk)?;
-            let v = add_bias(v, &layer.bv)?;
-            let q = q.reshape((b, seq, w.n_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((b, seq, w.n_kv_head, w.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let rope = if w.interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
-            let q = rope(&q, &cos, &sin)?;
-            let k = rope(&k, &cos, &sin)?;
-            let (k, v) = cache.append(&k, &v)?;
-            // On the CPU attention reads the cache in place; GPUs take the tensor ops.
-            let fast = cached_attention(&q, cache, pos, None, scale as f32)?;
-            let y = match fast {
-                Some(y) => y,
-                None => {
-                    let n_rep = w.n_head / w.n_kv_head;
-                    let k = repeat_kv(k.contiguous()?, n_rep)?;
-                    let v = repeat_kv(v.contiguous()?, n_rep)?;
-                    let att = (q.matmul(&k.t()?)? * scale)?;
-                    if seq > 1 && mask.is_none() {
-                        mask = Some(causal_mask(seq, pos, None, input.device())?);
-                    }
-                    let att = match &mask {
-                        Some(m) => att.broadcast_add(m)?,
-                        None => att,
-                    };
-                    let att = candle_nn::ops::softmax_last_dim(&att)?;
-                    att.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, w.hidden))?
-                }
-            };
+            let y = w.attend(cache, w.qkv(layer, &h, false)?, pos, &mut mask)?;
             let x1 = (layer.wo.forward(&y)? + residual)?;
             let h = layer.ffn_norm.forward(&x1)?;
             x = (layer.mlp.forward(&h)? + &x1)?;
@@ -218,5 +242,34 @@ impl Session {
         let x = w.norm.forward(&x.i((.., seq - 1, ..))?.unsqueeze(1)?)?;
         let logits = w.output.forward(&x)?;
         logits.squeeze(1)
+    }
+
+    /// One decode step of several sequences: `input` (`[1, n]`) holds the next token of each of
+    /// `sessions`, placed at `positions`. Returns logits `[n, vocab]`, row `i` bit for bit what
+    /// `sessions[i].forward` gives that token alone: the matrix products run over all rows at
+    /// once ([`Linear::forward_batch`]), attention per sequence over its own cache.
+    pub fn forward_batch(sessions: &mut [&mut Session], input: &Tensor, positions: &[usize]) -> Result<Tensor> {
+        let Some(first) = sessions.first() else { candle_core::bail!("an empty batch") };
+        let w = first.w.clone();
+        if sessions.iter().any(|s| !Arc::ptr_eq(&s.w, &w)) || positions.len() != sessions.len() {
+            candle_core::bail!("a batch of sequences of different models");
+        }
+        let mut x = w.embed.forward(input)?;
+        for (l, layer) in w.layers.iter().enumerate() {
+            let residual = &x;
+            let h = layer.attn_norm.forward(&x)?;
+            let (q, k, v) = w.qkv(layer, &h, true)?;
+            let mut ys = Vec::with_capacity(sessions.len());
+            for (i, s) in sessions.iter_mut().enumerate() {
+                let row = |t: &Tensor| t.narrow(1, i, 1);
+                ys.push(w.attend(&mut s.caches[l], (row(&q)?, row(&k)?, row(&v)?), positions[i], &mut None)?);
+            }
+            let y = Tensor::cat(&ys, 1)?;
+            let x1 = (Linear::forward_batch(&[&layer.wo], &y)?.remove(0) + residual)?;
+            let h = layer.ffn_norm.forward(&x1)?;
+            x = (layer.mlp.forward_batch(&h)? + &x1)?;
+        }
+        let x = w.norm.forward(&x)?;
+        Linear::forward_batch(&[&w.output], &x)?.remove(0).squeeze(0)
     }
 }
