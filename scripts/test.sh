@@ -72,7 +72,7 @@ echo "== cargo clippy -D warnings ([workspace.lints] in Cargo.toml)"
 cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== fetching test models into ${MODELS_DIR:-models}"
-"${CARGO_TARGET_DIR:-target}/debug/fetch-models" --only gemma,qwen05,minilm
+"${CARGO_TARGET_DIR:-target}/debug/fetch-models" --only gemma,qwen05,qwen15,minilm
 
 echo "== running the Rust tests"
 cargo test --workspace -- --test-threads "${TEST_THREADS:-2}"

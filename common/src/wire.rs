@@ -107,6 +107,20 @@ pub struct HealthBody {
     pub model: String,
     pub arch: String,
     pub device: String,
+    /// The batch's load, once the model is loaded (older services leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchLoad>,
+}
+
+/// How full a model service's batch is: what a router needs to weigh sending it more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchLoad {
+    /// Sequences the batch holds at most (`--max-concurrent`).
+    pub size: u32,
+    /// Places free now: a request sent now starts at once.
+    pub free: u32,
+    /// Requests waiting for a place.
+    pub queued: u32,
 }
 
 /// Every 4xx/5xx body: `{"error": {"message": ..., "type": ...}}`.

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use polyllm_common::wire::{ErrorBody, GenerateRequest, GenerateResponse, HealthBody};
+use polyllm_common::wire::{BatchLoad, ErrorBody, GenerateRequest, GenerateResponse, HealthBody};
 use std::convert::Infallible;
 use std::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -44,6 +44,11 @@ async fn health(State(st): State<SharedState>) -> Response {
         model: id.model.clone(),
         arch: id.arch.clone(),
         device: id.device.clone(),
+        batch: ready.then(|| BatchLoad {
+            size: st.scheduler.capacity() as u32,
+            free: st.scheduler.free() as u32,
+            queued: st.scheduler.queued() as u32,
+        }),
     };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()

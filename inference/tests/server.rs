@@ -158,6 +158,8 @@ async fn disconnect_frees_the_slot_and_full_queue_is_503() {
     assert_eq!(busy.headers()["retry-after"], "1");
     assert_error(busy, 503, "queue full").await;
     assert_eq!(s.metric("model_in_flight").await, 1.0);
+    let health: Value = reqwest::get(format!("{}/health", s.url)).await.unwrap().json().await.unwrap();
+    assert_eq!(health["batch"], json!({"size": 1, "free": 0, "queued": 0}), "{health}");
 
     drop(body); // the client goes away mid-stream
     let t0 = Instant::now();

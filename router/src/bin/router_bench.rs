@@ -136,6 +136,7 @@ async fn stub_health(State(s): State<Arc<Stub>>) -> Json<HealthBody> {
         model: s.args.model.clone(),
         arch: "stub".into(),
         device: s.args.device.clone(),
+        batch: None,
     })
 }
 

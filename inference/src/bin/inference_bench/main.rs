@@ -5,7 +5,11 @@
 //! and 512). Decode: after a 16-token prompt, 128 greedy tokens, one forward pass each. Each figure
 //! is the median of `--runs` runs; ratios are ours over llama.cpp's.
 //!
+//! With `--concurrency 1,2,4,8`: N sequences (16-token prompts from different places of the text)
+//! decoded together, `--decode` tokens each; see [`concurrency`].
+//!
 //!     cargo run --release -p inference --bin inference_bench -- --threads 2 --runs 3
+//!     cargo run --release -p inference --bin inference_bench -- --concurrency 1,2,4,8 --decode 64 --service
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Parser;
@@ -47,6 +51,12 @@ struct Args {
     /// with the engine's figure.
     #[arg(long)]
     service: bool,
+    /// Instead of the single-stream table: N sequences decoded at once, for each N given (e.g.
+    /// 1,2,4,8): aggregate decode tok/s, per-stream time per output token and TTFT, p50/p95, for
+    /// our engine's batched step, for llama.cpp's batched decode (one context, N sequence ids) and,
+    /// with --service, for N concurrent requests to the service.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<usize>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -211,6 +221,8 @@ fn llama_cpp(path: &PathBuf, args: &Args) -> Result<Option<Figures>> {
     Ok(Some(Figures { prefill, decode: median(rates(&v["decode"])) }))
 }
 
+mod concurrency;
+
 fn main() -> Result<()> {
     let args = Args::parse();
     std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
@@ -229,6 +241,9 @@ fn main() -> Result<()> {
     } else {
         args.models.clone()
     };
+    if !args.concurrency.is_empty() {
+        return concurrency::run(&args, &models);
+    }
     let cols: Vec<String> = args.prefill.iter().map(|n| format!("prefill {n}")).collect();
     println!("| model | engine | {} | decode {} | load s | weights MiB |", cols.join(" | "), args.decode);
     println!("|---|---|{}---|---|---|", "---|".repeat(cols.len()));
