@@ -1,7 +1,8 @@
 //! Continuous batching: one thread runs every admitted request, stepping all of them together.
 //!
-//! Each step (i) drops the sequences whose client left, (ii) runs one prefill chunk of at most
-//! [`Engine::prefill_chunk`] tokens for the oldest sequence still reading its prompt, and (iii)
+//! Each step (i) drops the sequences whose client left, (ii) reads at most
+//! [`Engine::prefill_chunk`] prompt tokens in all, oldest prompt first (several short prompts join
+//! in one step; a long one is read a chunk per step), and (iii)
 //! decodes one token for every sequence past its prompt, with one pass over each weight matrix for
 //! all of them ([`Session::forward_batch`]); each sequence keeps its own KV cache, sampler, stop
 //! strings and `max_tokens`. Sequences join between steps as the scheduler admits them and leave
@@ -137,17 +138,25 @@ impl Batch {
             }
             !gone
         });
-        // One prefill chunk, for the oldest sequence still reading its prompt.
-        if let Some(i) = self.seqs.iter().position(|s| s.logits.is_none()) {
+        // Prompts, oldest first, at most one chunk's worth of tokens in all: several short
+        // prompts join in one step, a long one is read a chunk per step.
+        let mut budget = e.prefill_chunk.max(1);
+        let mut i = 0;
+        while budget > 0 && i < self.seqs.len() {
             let s = &mut self.seqs[i];
-            let chunk = e.prefill_chunk.max(1);
-            let end = (s.prefilled + chunk).min(s.job.prompt_ids.len());
+            if s.logits.is_some() {
+                i += 1;
+                continue;
+            }
+            let end = (s.prefilled + budget).min(s.job.prompt_ids.len());
             match s.session.forward(&s.job.prompt_ids[s.prefilled..end], s.prefilled, &e.device) {
                 Ok(logits) => {
+                    budget -= end - s.prefilled;
                     s.prefilled = end;
                     if end == s.job.prompt_ids.len() {
                         s.logits = Some(logits);
                     }
+                    i += 1;
                 }
                 Err(err) => self.seqs.remove(i).report_error(&e, &err),
             }

@@ -5,12 +5,11 @@
 //! for each global one. Embeddings are scaled by sqrt(hidden) and the output head is tied to them.
 //! The rotary tables are computed once for the served context and shared by all layers.
 use super::attention::cached_attention;
-use super::parts::{causal_mask, rope_tables, Loader};
+use super::parts::{causal_mask, rope_tables, Loader, TokenEmbedding};
 use crate::kernels::{Kernels, Linear};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
-use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::repeat_kv;
 use std::io::{Read, Seek};
@@ -35,7 +34,7 @@ struct Layer {
 }
 
 struct Inner {
-    embed: Embedding,
+    embed: TokenEmbedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
     output: Linear,
@@ -76,7 +75,7 @@ impl Weights {
         let base_local = l.md_f32("gemma3.rope.local_freq_base").unwrap_or(10_000.0);
 
         let embed_q = l.tensor("token_embd.weight")?;
-        let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
+        let embed = TokenEmbedding::new(&embed_q, hidden, device)?;
         let output = if l.has("output.weight") {
             let t = l.tensor("output.weight")?;
             l.head(t)?

@@ -6,12 +6,11 @@
 //! The KV cache is preallocated for the request's whole length (prompt plus `max_tokens`), so
 //! appending a token copies only that token's keys and values.
 use super::attention::cached_attention;
-use super::parts::{causal_mask, rope_tables, Loader};
+use super::parts::{causal_mask, rope_tables, Loader, TokenEmbedding};
 use crate::kernels::{Kernels, Linear};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
-use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::repeat_kv;
 use std::io::{Read, Seek};
@@ -50,7 +49,7 @@ struct Layer {
 }
 
 struct Inner {
-    embed: Embedding,
+    embed: TokenEmbedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
     output: Linear,
@@ -100,7 +99,7 @@ impl Weights {
         let head_dim = hidden / n_head;
 
         let embed_q = l.tensor("token_embd.weight")?;
-        let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
+        let embed = TokenEmbedding::new(&embed_q, hidden, device)?;
         // Tied embeddings when there is no separate output head.
         let output = if l.has("output.weight") {
             let t = l.tensor("output.weight")?;
