@@ -1,7 +1,7 @@
 //! The weight matrices of the models and how they are multiplied: our CPU kernels where they beat
-//! candle's (Q8_0/Q5_0/Q4_0 matrices in [`q8`]; one-token products of Q4_K and Q6_K matrices in
-//! [`kquant`]; prompts of all of these on the AMX tile unit in [`amx`]), candle's `QMatMul`
-//! elsewhere (other block types, K-quant prompts where there is no AMX, and always on a GPU).
+//! candle's (Q8_0/Q5_0/Q4_0 matrices in [`q8`]; Q4_K and Q6_K matrices in [`kquant`]; prompts of
+//! all of these on the AMX tile unit in [`amx`]), candle's `QMatMul` elsewhere (other block types,
+//! CPUs without AVX-512 VNNI for K-quants, and always on a GPU).
 //!
 //! Which one a matrix gets is decided once, at load, by [`Kernels`] and the matrix's block type.
 pub mod amx;
@@ -13,7 +13,6 @@ pub mod tile;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use q8::Q8Matrix;
-use std::sync::Arc;
 
 /// An output buffer that several workers write at disjoint places (each user says where).
 #[derive(Clone, Copy)]
@@ -78,10 +77,9 @@ impl Units {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kernels {
     /// Our kernels for Q8_0, Q5_0 and Q4_0 matrices (every weight kept bit for bit: Q5_0 in its
-    /// own packing, Q4_0 widened to 8 bits), and for one-token products of Q4_K and Q6_K matrices
-    /// (AVX-512 VNNI, bit for bit candle's results; Q4_K short prompts too); prompts of 32+ tokens
-    /// of all of them on the AMX tile unit where the CPU has one (`POLYLLM_AMX=0` turns it off);
-    /// other K-quant prompts through candle's kernels.
+    /// own packing, Q4_0 widened to 8 bits), and for Q4_K and Q6_K matrices (AVX-512 VNNI, each
+    /// row bit for bit candle's one-token result); prompts of 32+ tokens of all of them on the
+    /// AMX tile unit where the CPU has one (`POLYLLM_AMX=0` turns it off).
     #[default]
     Fast,
     /// candle's kernels, Q4_0/Q5_0 re-packed as Q8_0.
@@ -94,18 +92,23 @@ pub enum Kernels {
 pub enum Linear {
     /// Every product through our kernels.
     Q8(Q8Matrix),
-    /// A Q4_K or Q6_K matrix: one-token products through our kernels ([`kquant`]); longer inputs
-    /// through candle's.
+    /// A Q4_K or Q6_K matrix, every product through our kernels.
     K(KMatrix),
     /// candle's kernel.
     Candle(QMatMul),
 }
 
-/// A Q4_K or Q6_K matrix, shared by candle's kernel and ours.
+/// A Q4_K or Q6_K matrix, every product through our kernels ([`kquant`]; prompts on the AMX tile
+/// unit where there is one). candle's kernels are not used: on a prompt of 32 or more tokens its
+/// Q4_K kernel built a second, wider copy of every matrix (+1.1 GB for the 1.5B after its first
+/// long prompt, measured with `scripts/service_memory.py`).
 pub struct KMatrix {
-    candle: QMatMul,
-    t: Arc<QTensor>,
-    /// A Q4_K matrix re-laid for our one-token kernel; `None` for Q6_K, read in place.
+    n: usize,
+    k: usize,
+    /// The file's blocks: Q6_K matrices are read in place; Q4_K ones only by the tile unit, so
+    /// they are kept only where it runs.
+    t: Option<QTensor>,
+    /// A Q4_K matrix re-laid for our kernels; `None` for Q6_K.
     q4k: Option<kquant::Q4KTiles>,
 }
 
@@ -118,21 +121,18 @@ impl KMatrix {
             return Ok(Err(t));
         }
         let (n, k) = (dims[0], dims[1]);
-        let q4k = match t.dtype() {
-            GgmlDType::Q6K => None,
+        Ok(Ok(match t.dtype() {
+            GgmlDType::Q6K => KMatrix { n, k, t: Some(t), q4k: None },
             GgmlDType::Q4K => match kquant::Q4KTiles::new(&t.data()?, n, k) {
-                Some(tiles) => Some(tiles),
+                Some(tiles) => KMatrix { n, k, t: amx::available().then_some(t), q4k: Some(tiles) },
                 None => return Ok(Err(t)),
             },
             _ => return Ok(Err(t)),
-        };
-        let t = Arc::new(t);
-        Ok(Ok(KMatrix { candle: QMatMul::QTensor(t.clone()), t, q4k }))
+        }))
     }
 
     fn dims(&self) -> (usize, usize) {
-        let d = self.t.shape().dims();
-        (d[0], d[1])
+        (self.n, self.k)
     }
 
     fn ty(&self) -> kquant::KType {
@@ -143,54 +143,31 @@ impl KMatrix {
         }
     }
 
-    /// `x @ w^T` for a short prompt `x` (several rows) and a Q4_K matrix.
-    fn q4k_rows(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, k) = self.dims();
-        let tiles = self.q4k.as_ref().expect("a Q4_K matrix");
-        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        if xs.len() % k != 0 || x.dims().last() != Some(&k) {
-            candle_core::bail!("matmul: input of width {:?} against a matrix of width {k}", x.dims().last());
-        }
-        let rows: Vec<kquant::Q8KRow> = xs.chunks_exact(k).map(kquant::quantize_q8k).collect();
-        q8_output(kquant::q4k_rows(tiles, &rows), n, x)
+    /// The file's blocks, where kept.
+    fn bytes(&self) -> Result<Option<std::borrow::Cow<'_, [u8]>>> {
+        self.t.as_ref().map(|t| t.data()).transpose()
     }
 
-    /// `x @ w^T` for each of `ws` on every row of `x`, each row what [`KMatrix::gemv_many`] gives
-    /// it alone ([`kquant::rows_many`]), with one pool dispatch.
+    /// `x @ w^T` for each of `ws` on every row of `x`, each row what it gives alone
+    /// ([`kquant::rows_many`]), with one quantization of each row and one pool dispatch.
     fn rows_many(ws: &[&KMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
         let k = ws[0].dims().1;
-        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         if x.dims().last() != Some(&k) {
             candle_core::bail!("matmul: input of width {:?} against a matrix of width {k}", x.dims().last());
         }
-        let rows: Vec<kquant::Q8KRow> = xs.chunks_exact(k).map(kquant::quantize_q8k).collect();
-        let data = ws.iter().map(|w| w.t.data()).collect::<Result<Vec<_>>>()?;
-        let weights: Vec<kquant::KWeights> = ws.iter().zip(&data).map(|(w, bytes)| w.weights(bytes)).collect();
-        kquant::rows_many(&weights, &rows).into_iter().zip(ws).map(|(out, w)| q8_output(out, w.dims().0, x)).collect()
-    }
-
-    /// What the kernels read: the re-laid Q4_K tiles, or the Q6_K file blocks `bytes`.
-    fn weights<'a>(&'a self, bytes: &'a [u8]) -> kquant::KWeights<'a> {
-        match &self.q4k {
-            Some(tiles) => kquant::KWeights::Q4K(tiles),
-            None => {
-                let (n, k) = self.dims();
-                kquant::KWeights::Q6K { n, k, bytes }
-            }
-        }
-    }
-
-    /// `x @ w^T` for each of `ws` on one row `x`, with one quantization and one pool dispatch.
-    fn gemv_many(ws: &[&KMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
-        let k = ws[0].dims().1;
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        if xs.len() != k {
-            candle_core::bail!("matmul: input of {} values against a matrix of width {k}", xs.len());
-        }
-        let q = kquant::quantize_q8k(&xs);
-        let data = ws.iter().map(|w| w.t.data()).collect::<Result<Vec<_>>>()?;
-        let weights: Vec<kquant::KWeights> = ws.iter().zip(&data).map(|(w, bytes)| w.weights(bytes)).collect();
-        kquant::gemv_many(&weights, &q).into_iter().zip(ws).map(|(out, w)| q8_output(out, w.dims().0, x)).collect()
+        let rows: Vec<kquant::Q8KRow> = xs.chunks_exact(k).map(kquant::quantize_q8k).collect();
+        let data = ws.iter().map(|w| w.bytes()).collect::<Result<Vec<_>>>()?;
+        let weights: Vec<kquant::KWeights> = ws
+            .iter()
+            .zip(&data)
+            .map(|(w, bytes)| match (&w.q4k, bytes) {
+                (Some(tiles), _) => Ok(kquant::KWeights::Q4K(tiles)),
+                (None, Some(bytes)) => Ok(kquant::KWeights::Q6K { n: w.n, k: w.k, bytes }),
+                (None, None) => Err(candle_core::Error::Msg("a Q6_K matrix without its blocks".into())),
+            })
+            .collect::<Result<_>>()?;
+        kquant::rows_many(&weights, &rows).into_iter().zip(ws).map(|(out, w)| q8_output(out, w.n, x)).collect()
     }
 }
 
@@ -304,24 +281,18 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        if let (Some(ks), true) = (ks, one_row(x)) {
-            return KMatrix::gemv_many(&ks, x);
-        }
-        // Short prompts on Q4_K matrices: ours, one matrix at a time (each row candle's bit for
-        // bit, without the second copy candle's multi-row kernel builds); the others' stay candle's.
-        if ws.iter().any(|w| matches!(w, Linear::K(m) if m.q4k.is_some())) {
-            return ws.iter().map(|w| w.forward(x)).collect();
+        if let Some(ks) = ks {
+            return KMatrix::rows_many(&ks, x);
         }
         let theirs: Option<Vec<&QTensor>> = ws
             .iter()
             .map(|w| match w {
                 Linear::Candle(QMatMul::QTensor(t)) => Some(&**t),
-                Linear::K(m) => Some(&*m.t),
                 _ => None,
             })
             .collect();
-        // candle's fused kernel is its tiled one-token kernel; from 32 rows on its separate
-        // products take its AMX kernel for Q4_K, which is faster (1.5B prefill, measured).
+        // candle's fused kernel is its tiled one-token kernel; from 32 rows on, its separate
+        // products.
         let rows = rows(x);
         if let (Some(ts), true) = (theirs, x.is_contiguous() && x.dtype() == DType::F32 && rows < 32) {
             if let Some(outs) = QTensor::gemv_fused_shared_lhs(&ts, x)? {
@@ -395,7 +366,7 @@ impl Linear {
         let data = ws
             .iter()
             .map(|w| match w {
-                Linear::K(m) => m.t.data().map(Some),
+                Linear::K(m) => m.bytes(),
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
@@ -444,9 +415,7 @@ impl Module for Linear {
         match self {
             Linear::Candle(m) => m.forward(x),
             Linear::Q8(w) => q8_forward(w, x),
-            Linear::K(w) if one_row(x) => Ok(KMatrix::gemv_many(&[w], x)?.remove(0)),
-            Linear::K(w) if w.q4k.is_some() && rows(x) < amx::MIN_ROWS => w.q4k_rows(x),
-            Linear::K(w) => w.candle.forward(x),
+            Linear::K(w) => Ok(KMatrix::rows_many(&[w], x)?.remove(0)),
         }
     }
 }
