@@ -47,8 +47,9 @@ pub struct Config {
     #[arg(long, env = "THREADS")]
     pub threads: Option<usize>,
 
-    /// Requests generated at the same time; more wait in the queue.
-    #[arg(long, env = "MAX_CONCURRENT", default_value_t = 2)]
+    /// Requests generated at the same time: the places of the continuous batch (they decode
+    /// together, one pass over the weights per step); more wait in the queue.
+    #[arg(long, env = "MAX_CONCURRENT", default_value_t = 4)]
     pub max_concurrent: usize,
 
     /// Requests allowed to wait for a slot; beyond this the service answers 503 with Retry-After.

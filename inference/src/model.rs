@@ -115,6 +115,15 @@ impl Weights {
         })
     }
 
+    /// The token embeddings of `ids`, `[ids.len(), hidden]` f32 (before any scaling).
+    pub fn embed(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        let ids = Tensor::new(ids, device)?;
+        Ok(match self {
+            Weights::Llama(w) => w.embed(&ids)?,
+            Weights::Gemma3(w) => w.embed(&ids)?,
+        })
+    }
+
     /// A fresh session with an empty KV cache sized for `max_len` positions. Shares the weights.
     pub fn session(&self, max_len: usize) -> Session {
         match self {

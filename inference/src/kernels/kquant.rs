@@ -33,6 +33,14 @@ pub enum KType {
 }
 
 impl KType {
+    /// ggml's name for it.
+    pub fn dtype(self) -> candle_core::quantized::GgmlDType {
+        match self {
+            KType::Q4K => candle_core::quantized::GgmlDType::Q4K,
+            KType::Q6K => candle_core::quantized::GgmlDType::Q6K,
+        }
+    }
+
     fn bytes(self) -> usize {
         match self {
             KType::Q4K => Q4K_BYTES,

@@ -10,7 +10,7 @@ pub mod q8;
 pub mod repack;
 pub mod tile;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use q8::Q8Matrix;
 
@@ -396,6 +396,47 @@ impl Linear {
             .map(|(out, t)| q8_output(out, t.dims().0, x))
             .collect::<Result<_>>()
             .map(Some)
+    }
+}
+
+impl Linear {
+    /// Rows `ids` of the matrix as f32 (`ids.len() * k` values), each what dequantizing the
+    /// file's blocks gives: how a tied output head doubles as the token embedding table without a
+    /// second copy. `None` where the matrix is not kept in a form that has its rows (a Q4_K matrix
+    /// re-laid without its file blocks, or a dense or GPU one).
+    pub fn rows_f32(&self, ids: &[u32]) -> Result<Option<Vec<f32>>> {
+        let (n, k) = match self {
+            Linear::Q8(m) => (m.rows(), m.cols()),
+            Linear::K(m) => m.dims(),
+            Linear::Candle(QMatMul::QTensor(t)) if t.device().is_cpu() => t.shape().dims2()?,
+            Linear::Candle(_) => return Ok(None),
+        };
+        let bytes = match self {
+            Linear::K(m) => match m.bytes()? {
+                Some(b) => Some((b, m.ty().dtype())),
+                None => return Ok(None),
+            },
+            Linear::Candle(QMatMul::QTensor(t)) => Some((t.data()?, t.dtype())),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(ids.len() * k);
+        for &id in ids {
+            let id = id as usize;
+            if id >= n {
+                candle_core::bail!("token id {id} out of the table's {n} rows");
+            }
+            match (self, &bytes) {
+                (Linear::Q8(m), _) => m.dequantize_row(id, &mut out),
+                (_, Some((data, dtype))) => {
+                    let row_bytes = k / dtype.block_size() * dtype.type_size();
+                    let row = &data[id * row_bytes..(id + 1) * row_bytes];
+                    let storage = QStorage::from_data(std::borrow::Cow::Borrowed(row), &Device::Cpu, *dtype)?;
+                    out.extend(QTensor::new(storage, (k,))?.dequantize(&Device::Cpu)?.to_vec1::<f32>()?);
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(out))
     }
 }
 

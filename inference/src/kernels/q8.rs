@@ -174,6 +174,15 @@ impl Q8Matrix {
         dst.copy_from_slice(&self.block_quants(blk));
     }
 
+    /// Row `j` as f32, appended to `out`: what ggml's (and candle's) dequantization of the file's
+    /// blocks gives, value for value (`quant as f32 * scale`).
+    pub fn dequantize_row(&self, j: usize, out: &mut Vec<f32>) {
+        let nb = self.k / QK;
+        for b in j * nb..(j + 1) * nb {
+            out.extend(self.block_quants(b).map(|q| q as f32 * self.d[b]));
+        }
+    }
+
     /// The weights as f32 (for tests).
     pub fn dequantize(&self) -> Vec<f32> {
         (0..self.d.len()).flat_map(|b| self.block_quants(b).map(|q| q as f32 * self.d[b])).collect()

@@ -74,14 +74,8 @@ impl Weights {
         let base_global = l.md_f32("gemma3.rope.freq_base").unwrap_or(1_000_000.0);
         let base_local = l.md_f32("gemma3.rope.local_freq_base").unwrap_or(10_000.0);
 
-        let embed_q = l.tensor("token_embd.weight")?;
-        let embed = TokenEmbedding::new(&embed_q, hidden, device)?;
-        let output = if l.has("output.weight") {
-            let t = l.tensor("output.weight")?;
-            l.head(t)?
-        } else {
-            l.head(embed_q)?
-        };
+        // Tied embeddings when there is no separate output head.
+        let (embed, output) = l.embedding_and_head(hidden)?;
         let norm = RmsNorm::from_qtensor(l.tensor("output_norm.weight")?, eps)?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
@@ -121,6 +115,11 @@ impl Weights {
             head_dim,
             hidden,
         })))
+    }
+
+    /// The token embeddings of `ids` (`[ids.len(), hidden]`, before any scaling).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.0.embed.forward(ids, &self.0.output)
     }
 
     pub fn session(&self, max_len: usize) -> Session {
@@ -228,7 +227,7 @@ impl Session {
         let w = &*self.w;
         let (_, seq) = input.dims2()?;
         let mut masks = Masks::default();
-        let mut x = (w.embed.forward(input)? * (w.hidden as f64).sqrt())?;
+        let mut x = (w.embed.forward(input, &w.output)? * (w.hidden as f64).sqrt())?;
         for (layer, cache) in w.layers.iter().zip(self.caches.iter_mut()) {
             let residual = x.clone();
             let h = layer.attn_norm.forward(&x)?;
@@ -254,7 +253,7 @@ impl Session {
         if sessions.iter().any(|s| !Arc::ptr_eq(&s.w, &w)) || positions.len() != sessions.len() {
             candle_core::bail!("a batch of sequences of different models");
         }
-        let mut x = (w.embed.forward(input)? * (w.hidden as f64).sqrt())?;
+        let mut x = (w.embed.forward(input, &w.output)? * (w.hidden as f64).sqrt())?;
         for (l, layer) in w.layers.iter().enumerate() {
             let residual = x.clone();
             let h = layer.attn_norm.forward(&x)?;

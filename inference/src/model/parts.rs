@@ -34,6 +34,20 @@ impl<'a, R: Read + Seek> Loader<'a, R> {
         Linear::new(t, self.kernels, self.device)
     }
 
+    /// The token embedding table and the output head: `output.weight`, or the table itself where
+    /// the file has no separate head (tied).
+    pub fn embedding_and_head(&mut self, hidden: usize) -> Result<(TokenEmbedding, Linear)> {
+        let table = self.tensor("token_embd.weight")?;
+        if self.has("output.weight") {
+            let embed = TokenEmbedding::new(&table, hidden, self.device)?;
+            drop(table);
+            let head = self.matmul("output.weight")?;
+            return Ok((embed, head));
+        }
+        let (kernels, device) = (self.kernels, self.device);
+        TokenEmbedding::tied(table, hidden, device, |t| Linear::new(t, kernels, device))
+    }
+
     /// A small tensor (norm weights, biases) as f32.
     pub fn dense(&mut self, name: &str) -> Result<Tensor> {
         self.tensor(name)?.dequantize(self.device)
@@ -53,16 +67,26 @@ impl<'a, R: Read + Seek> Loader<'a, R> {
     }
 }
 
-/// The token embedding table, kept in the file's block type on the CPU: a lookup dequantizes only
-/// the rows it reads (bit for bit candle's dequantization of those rows). The f32 table it
-/// replaces took 4 bytes a weight: 671 MB for gemma-3-270m's 262,144 x 640, more than twice its
-/// whole file. On a GPU the table is dequantized once, as before.
+/// The token embedding table on the CPU, never as f32: a lookup dequantizes only the rows it reads
+/// (bit for bit candle's dequantization of those rows). The f32 table it replaces took 4 bytes a
+/// weight: 671 MB for gemma-3-270m's 262,144 x 640, more than twice its whole file. Where the
+/// output head is tied to the table ([`TokenEmbedding::Head`]), the rows come from the head's own
+/// matrix, so the table is held once. On a GPU the table is dequantized once, as before.
 pub enum TokenEmbedding {
-    Quantized { t: QTensor, hidden: usize },
+    /// Rows read from the tied output head ([`Linear::rows_f32`]).
+    Head {
+        hidden: usize,
+    },
+    /// The file's blocks, ours.
+    Quantized {
+        t: QTensor,
+        hidden: usize,
+    },
     Dense(candle_nn::Embedding),
 }
 
 impl TokenEmbedding {
+    /// The table `t` on its own (the model has a separate output head).
     pub fn new(t: &QTensor, hidden: usize, device: &Device) -> Result<TokenEmbedding> {
         let (_, k) = t.shape().dims2()?;
         if !device.is_cpu() || k != hidden || !k.is_multiple_of(t.dtype().block_size()) {
@@ -72,31 +96,67 @@ impl TokenEmbedding {
         Ok(TokenEmbedding::Quantized { t: QTensor::new(storage, t.shape().clone())?, hidden })
     }
 
-    /// `[.., hidden]` f32 embeddings of the ids in `ids` (`[..]`, u32).
-    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let (t, hidden) = match self {
-            TokenEmbedding::Dense(e) => return candle_core::Module::forward(e, ids),
-            TokenEmbedding::Quantized { t, hidden } => (t, *hidden),
+    /// The table `t` and the output head tied to it, built by `head`: the head serves the lookups
+    /// where it keeps its rows, else the table keeps its own copy.
+    pub fn tied(
+        t: QTensor,
+        hidden: usize,
+        device: &Device,
+        head: impl FnOnce(QTensor) -> Result<Linear>,
+    ) -> Result<(TokenEmbedding, Linear)> {
+        // Re-laid Q4_K tiles do not keep the file's blocks (kernels/mod.rs, `KMatrix`).
+        let own = if !device.is_cpu() || t.dtype() == candle_core::quantized::GgmlDType::Q4K {
+            Some(TokenEmbedding::new(&t, hidden, device)?)
+        } else {
+            None
         };
-        let dtype = t.dtype();
-        let row_bytes = hidden / dtype.block_size() * dtype.type_size();
-        let data = t.data()?;
-        let rows = data.len() / row_bytes;
-        let mut out = Vec::with_capacity(ids.elem_count() * hidden);
-        for id in ids.flatten_all()?.to_vec1::<u32>()? {
-            let id = id as usize;
-            if id >= rows {
-                candle_core::bail!("token id {id} out of the embedding table's {rows} rows");
+        let head = head(t)?;
+        let embed = match own {
+            Some(e) => e,
+            None if head.rows_f32(&[0])?.is_some() => TokenEmbedding::Head { hidden },
+            None => candle_core::bail!("the tied output head keeps no rows to embed tokens with"),
+        };
+        Ok((embed, head))
+    }
+
+    /// `[.., hidden]` f32 embeddings of the ids in `ids` (`[..]`, u32); `head` is the model's
+    /// output head (read by [`TokenEmbedding::Head`]).
+    pub fn forward(&self, ids: &Tensor, head: &Linear) -> Result<Tensor> {
+        let hidden = match self {
+            TokenEmbedding::Dense(e) => return candle_core::Module::forward(e, ids),
+            TokenEmbedding::Quantized { hidden, .. } | TokenEmbedding::Head { hidden } => *hidden,
+        };
+        let list = ids.flatten_all()?.to_vec1::<u32>()?;
+        let out = match self {
+            TokenEmbedding::Head { .. } => {
+                head.rows_f32(&list)?.ok_or_else(|| candle_core::Error::Msg("the head keeps no rows".into()))?
             }
-            let row = &data[id * row_bytes..(id + 1) * row_bytes];
-            let storage = QStorage::from_data(std::borrow::Cow::Borrowed(row), &Device::Cpu, dtype)?;
-            let v = QTensor::new(storage, (hidden,))?.dequantize(&Device::Cpu)?.to_vec1::<f32>()?;
-            out.extend(v);
-        }
+            TokenEmbedding::Quantized { t, .. } => rows_of(t, hidden, &list)?,
+            TokenEmbedding::Dense(_) => unreachable!(),
+        };
         let mut dims = ids.dims().to_vec();
         dims.push(hidden);
         Tensor::from_vec(out, dims, ids.device())
     }
+}
+
+/// Rows `ids` of the `[rows, hidden]` quantized table `t`, dequantized.
+fn rows_of(t: &QTensor, hidden: usize, ids: &[u32]) -> Result<Vec<f32>> {
+    let dtype = t.dtype();
+    let row_bytes = hidden / dtype.block_size() * dtype.type_size();
+    let data = t.data()?;
+    let rows = data.len() / row_bytes;
+    let mut out = Vec::with_capacity(ids.len() * hidden);
+    for &id in ids {
+        let id = id as usize;
+        if id >= rows {
+            candle_core::bail!("token id {id} out of the embedding table's {rows} rows");
+        }
+        let row = &data[id * row_bytes..(id + 1) * row_bytes];
+        let storage = QStorage::from_data(std::borrow::Cow::Borrowed(row), &Device::Cpu, dtype)?;
+        out.extend(QTensor::new(storage, (hidden,))?.dequantize(&Device::Cpu)?.to_vec1::<f32>()?);
+    }
+    Ok(out)
 }
 
 /// cos and sin tables for rotary embeddings over `len` positions.

@@ -98,15 +98,8 @@ impl Weights {
         let rope_base = l.md_f32(&md("rope.freq_base")).unwrap_or(10_000.0);
         let head_dim = hidden / n_head;
 
-        let embed_q = l.tensor("token_embd.weight")?;
-        let embed = TokenEmbedding::new(&embed_q, hidden, device)?;
         // Tied embeddings when there is no separate output head.
-        let output = if l.has("output.weight") {
-            let t = l.tensor("output.weight")?;
-            l.head(t)?
-        } else {
-            l.head(embed_q)?
-        };
+        let (embed, output) = l.embedding_and_head(hidden)?;
         let norm = RmsNorm::from_qtensor(l.tensor("output_norm.weight")?, eps)?;
         let (cos, sin) = rope_tables(head_dim, rope_base, context, device)?;
 
@@ -151,6 +144,11 @@ impl Weights {
             hidden,
             interleaved: arch == "llama",
         })))
+    }
+
+    /// The token embeddings of `ids` (`[ids.len(), hidden]`, before any scaling).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.0.embed.forward(ids, &self.0.output)
     }
 
     pub fn session(&self, max_len: usize) -> Session {
@@ -226,7 +224,7 @@ impl Session {
         let (_, seq) = input.dims2()?;
         // Only the tensor-op attention (GPUs) uses a mask: built on first need.
         let mut mask: Option<Tensor> = None;
-        let mut x = w.embed.forward(input)?;
+        let mut x = w.embed.forward(input, &w.output)?;
         for (layer, cache) in w.layers.iter().zip(self.caches.iter_mut()) {
             let residual = &x;
             let h = layer.attn_norm.forward(&x)?;
@@ -253,7 +251,7 @@ impl Session {
         if sessions.iter().any(|s| !Arc::ptr_eq(&s.w, &w)) || positions.len() != sessions.len() {
             candle_core::bail!("a batch of sequences of different models");
         }
-        let mut x = w.embed.forward(input)?;
+        let mut x = w.embed.forward(input, &w.output)?;
         for (l, layer) in w.layers.iter().enumerate() {
             let residual = &x;
             let h = layer.attn_norm.forward(&x)?;
