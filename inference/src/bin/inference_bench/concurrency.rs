@@ -12,7 +12,7 @@
 //! step), then one [`Session::forward_batch`] per step. llama.cpp (`scripts/llama_cpp_batch.py`):
 //! all prompts in one `llama_decode`, then one per step with a token per sequence id. The service:
 //! N concurrent `/generate` requests (`--max-concurrent` N), its own reported `ttft_ms`.
-use super::{median, text_path, Args, Service};
+use super::{llama_cpp_wanted, median, text_path, Args, Service};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use inference::kernels::Kernels;
@@ -97,12 +97,7 @@ fn ours(path: &Path, args: &Args, prompts: &[Vec<u32>]) -> Result<Vec<Row>> {
 }
 
 fn llama_cpp(path: &Path, args: &Args, prompts: &[Vec<u32>]) -> Result<Option<Vec<Row>>> {
-    if args.no_llama_cpp {
-        return Ok(None);
-    }
-    let probe = std::process::Command::new("python3").args(["-c", "import llama_cpp"]).output();
-    if !probe.map(|o| o.status.success()).unwrap_or(false) {
-        eprintln!("llama_cpp Python package not installed: `pip install llama-cpp-python` to compare");
+    if !llama_cpp_wanted(args) {
         return Ok(None);
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/llama_cpp_batch.py");

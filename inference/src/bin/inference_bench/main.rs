@@ -187,13 +187,21 @@ fn service(path: &PathBuf, args: &Args) -> Result<(f64, u64)> {
     })
 }
 
-fn llama_cpp(path: &PathBuf, args: &Args) -> Result<Option<Figures>> {
+/// Whether to compare with llama.cpp: not turned off, and its Python package installed.
+fn llama_cpp_wanted(args: &Args) -> bool {
     if args.no_llama_cpp {
-        return Ok(None);
+        return false;
     }
     let probe = std::process::Command::new("python3").args(["-c", "import llama_cpp"]).output();
-    if !probe.map(|o| o.status.success()).unwrap_or(false) {
+    let ok = probe.map(|o| o.status.success()).unwrap_or(false);
+    if !ok {
         eprintln!("llama_cpp Python package not installed: `pip install llama-cpp-python` to compare");
+    }
+    ok
+}
+
+fn llama_cpp(path: &PathBuf, args: &Args) -> Result<Option<Figures>> {
+    if !llama_cpp_wanted(args) {
         return Ok(None);
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/llama_cpp_bench.py");
