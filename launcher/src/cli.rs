@@ -80,7 +80,8 @@ pub(crate) struct UpArgs {
     #[arg(long, env = "POLYLLM_REDIS_PORT", default_value_t = 6379)]
     pub(crate) redis_port: u16,
 
-    /// CPU threads per model service (default: the service's default, all cores).
+    /// CPU threads per model service (default: the machine's cores divided among the services, at
+    /// least one each, so that they add up to the machine).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
 
