@@ -40,6 +40,12 @@ def numeric(prompt, answer, tol=0):
             "checker": {"kind": "numeric", "answer": fmt_num(answer), "tolerance": tol}}
 
 
+def fam(name, rec):
+    """Tag a record with its template family (the unit a leave-one-family-out split holds out)."""
+    rec["family"] = name
+    return rec
+
+
 class UniqueList(list):
     """A list that silently drops records whose prompt it already holds."""
 
@@ -69,23 +75,23 @@ def gen_math():
     # arithmetic: 130
     for _ in unique_range(out, 25):
         a, b = rng.randint(10, 999), rng.randint(10, 999)
-        out.append(numeric(f"What is {a} + {b}?", a + b))
+        out.append(fam("add", numeric(f"What is {a} + {b}?", a + b)))
     for _ in unique_range(out, 25):
         a, b = rng.randint(100, 999), rng.randint(10, 999)
-        out.append(numeric(f"What is {a} - {b}?", a - b))
+        out.append(fam("subtract", numeric(f"What is {a} - {b}?", a - b)))
     for _ in unique_range(out, 15):
         a, b = rng.randint(11, 99), rng.randint(11, 99)
-        out.append(numeric(f"What is {a} * {b}?", a * b))
+        out.append(fam("multiply", numeric(f"What is {a} * {b}?", a * b)))
     for _ in unique_range(out, 15):
         a, b = rng.randint(101, 999), rng.randint(3, 40)
-        out.append(numeric(f"What is {a} times {b}?", a * b))
+        out.append(fam("times", numeric(f"What is {a} times {b}?", a * b)))
     for _ in unique_range(out, 25):
         q, b = rng.randint(3, 99), rng.randint(2, 25)
-        out.append(numeric(f"What is {q * b} divided by {b}?", q))
+        out.append(fam("divide", numeric(f"What is {q * b} divided by {b}?", q)))
     for _ in unique_range(out, 25):
         p = rng.choice([5, 10, 15, 20, 25, 30, 40, 50, 60, 75])
         base = rng.randint(1, 40) * 20
-        out.append(numeric(f"What is {p}% of {base}?", p * base // 100))
+        out.append(fam("percent", numeric(f"What is {p}% of {base}?", p * base // 100)))
     # word problems: 90
     items = [("notebook", "pen"), ("apple", "orange"), ("ticket", "snack"), ("shirt", "sock"),
              ("coffee", "muffin"), ("book", "bookmark")]
@@ -94,56 +100,56 @@ def gen_math():
     for _ in unique_range(out, 15):
         i1, i2 = rng.choice(items)
         a, b, x, y = rng.randint(2, 20), rng.randint(1, 9), rng.randint(2, 9), rng.randint(2, 9)
-        out.append(numeric(f"A {i1} costs ${a} and a {i2} costs ${b}. How many dollars do {x} {i1}s and {y} {i2}s cost in total?", a * x + b * y))
+        out.append(fam("prices", numeric(f"A {i1} costs ${a} and a {i2} costs ${b}. How many dollars do {x} {i1}s and {y} {i2}s cost in total?", a * x + b * y)))
     for _ in unique_range(out, 10):
         n, a = rng.randint(2, 6), rng.randint(3, 15)
         nm = rng.choice(names)
-        out.append(numeric(f"{nm} buys {n} items that cost ${a} each and pays with a $100 bill. How many dollars of change does {nm} get?", 100 - n * a))
+        out.append(fam("change", numeric(f"{nm} buys {n} items that cost ${a} each and pays with a $100 bill. How many dollars of change does {nm} get?", 100 - n * a)))
     for _ in unique_range(out, 15):
         s, t = rng.randint(4, 24) * 5, rng.randint(2, 9)
-        out.append(numeric(f"A train travels at {s} km/h for {t} hours. How many kilometers does it travel?", s * t))
+        out.append(fam("train_distance", numeric(f"A train travels at {s} km/h for {t} hours. How many kilometers does it travel?", s * t)))
     for _ in unique_range(out, 10):
         s, t = rng.randint(4, 24) * 5, rng.randint(2, 9)
-        out.append(numeric(f"A car drives {s * t} km at a constant speed of {s} km/h. How many hours does the trip take?", t))
+        out.append(fam("car_time", numeric(f"A car drives {s * t} km at a constant speed of {s} km/h. How many hours does the trip take?", t)))
     for _ in unique_range(out, 10):
         a, k, n = rng.randint(4, 12), rng.randint(3, 5), rng.randint(2, 10)
         nm = rng.choice(names)
-        out.append(numeric(f"{nm} is {a} years old. {nm}'s grandmother is {k} times as old as {nm}. How old will the grandmother be in {n} years?", a * k + n))
+        out.append(fam("grandmother_age", numeric(f"{nm} is {a} years old. {nm}'s grandmother is {k} times as old as {nm}. How old will the grandmother be in {n} years?", a * k + n)))
     for _ in unique_range(out, 10):
         j, d = rng.randint(5, 40), rng.randint(2, 15)
         n1, n2 = rng.sample(names, 2)
-        out.append(numeric(f"{n1} is {d} years older than {n2}. The sum of their ages is {2 * j + d}. How old is {n2}?", j))
+        out.append(fam("age_difference", numeric(f"{n1} is {d} years older than {n2}. The sum of their ages is {2 * j + d}. How old is {n2}?", j)))
     for _ in unique_range(out, 10):
         n, q = rng.randint(3, 9), rng.randint(4, 15)
-        out.append(numeric(f"{n} friends share {n * q} candies equally. How many candies does each friend get?", q))
+        out.append(fam("share_candies", numeric(f"{n} friends share {n * q} candies equally. How many candies does each friend get?", q)))
     for _ in unique_range(out, 10):
         p, d = rng.randint(2, 20) * 20, rng.choice([10, 20, 25, 50])
-        out.append(numeric(f"A jacket costs ${p}. It is on sale with a {d}% discount. What is the sale price in dollars?", p * (100 - d) // 100))
+        out.append(fam("discount", numeric(f"A jacket costs ${p}. It is on sale with a {d}% discount. What is the sale price in dollars?", p * (100 - d) // 100)))
     # unit conversions: 80
     for _ in unique_range(out, 10):
         x = rng.randint(2, 60)
-        out.append(numeric(f"How many meters are in {x} kilometers?", x * 1000))
+        out.append(fam("km_to_m", numeric(f"How many meters are in {x} kilometers?", x * 1000)))
     for _ in unique_range(out, 10):
         x = rng.randint(2, 90)
-        out.append(numeric(f"How many centimeters are in {x} meters?", x * 100))
+        out.append(fam("m_to_cm", numeric(f"How many centimeters are in {x} meters?", x * 100)))
     for _ in unique_range(out, 10):
         x = rng.randint(11, 99) * 100
-        out.append(numeric(f"How many kilometers are {x} meters?", x / 1000, 1e-6))
+        out.append(fam("m_to_km", numeric(f"How many kilometers are {x} meters?", x / 1000, 1e-6)))
     for _ in unique_range(out, 10):
         x = rng.randint(2, 30)
-        out.append(numeric(f"How many minutes are in {x} hours?", x * 60))
+        out.append(fam("hours_to_minutes", numeric(f"How many minutes are in {x} hours?", x * 60)))
     for _ in unique_range(out, 10):
         h, m = rng.randint(1, 9), rng.choice([15, 30, 45, 20, 40])
-        out.append(numeric(f"How many minutes are in {h} hours and {m} minutes?", h * 60 + m))
+        out.append(fam("hours_minutes_to_minutes", numeric(f"How many minutes are in {h} hours and {m} minutes?", h * 60 + m)))
     for _ in unique_range(out, 10):
         x = rng.randint(2, 40) * 30
-        out.append(numeric(f"How many hours are {x} minutes?", x / 60, 1e-6))
+        out.append(fam("minutes_to_hours", numeric(f"How many hours are {x} minutes?", x / 60, 1e-6)))
     for _ in unique_range(out, 10):
         x = rng.randint(2, 75)
-        out.append(numeric(f"How many grams are in {x} kilograms?", x * 1000))
+        out.append(fam("kg_to_g", numeric(f"How many grams are in {x} kilograms?", x * 1000)))
     for _ in unique_range(out, 10):
         x = rng.randint(11, 99) * 100
-        out.append(numeric(f"How many kilograms are {x} grams?", x / 1000, 1e-6))
+        out.append(fam("g_to_kg", numeric(f"How many kilograms are {x} grams?", x / 1000, 1e-6)))
     return out
 
 
@@ -195,38 +201,38 @@ def gen_reasoning():
     out = UniqueList()
     for _ in unique_range(out, 30):
         d = rand_date()
-        out.append(exact(f"What day of the week was (or will be) {long_date(d)}?", calendar.day_name[d.weekday()]))
+        out.append(fam("weekday", exact(f"What day of the week was (or will be) {long_date(d)}?", calendar.day_name[d.weekday()])))
     for _ in unique_range(out, 30):
         d1 = rand_date(1990, 2030)
         d2 = d1 + datetime.timedelta(days=rng.randint(2, 400))
-        out.append(reas_numeric(f"How many days are there from {d1.isoformat()} to {d2.isoformat()}?", (d2 - d1).days))
+        out.append(fam("days_between", reas_numeric(f"How many days are there from {d1.isoformat()} to {d2.isoformat()}?", (d2 - d1).days)))
     for _ in unique_range(out, 30):
         d = rand_date(1990, 2030)
         n = rng.randint(2, 120)
-        out.append(exact(f"What is the date {n} days after {d.isoformat()}? Give it as YYYY-MM-DD.", (d + datetime.timedelta(days=n)).isoformat(), "none"))
+        out.append(fam("date_after", exact(f"What is the date {n} days after {d.isoformat()}? Give it as YYYY-MM-DD.", (d + datetime.timedelta(days=n)).isoformat(), "none")))
     for i in unique_range(out, 25):
         nums = rng.sample(range(-50, 200), rng.randint(4, 7))
         desc = i % 3 == 0
         s = sorted(nums, reverse=desc)
         order = "descending" if desc else "ascending"
-        out.append(exact(f"Sort these numbers in {order} order: {', '.join(map(str, nums))}. Give them as a comma-separated list.", ", ".join(map(str, s)), "list"))
+        out.append(fam("sort_numbers", exact(f"Sort these numbers in {order} order: {', '.join(map(str, nums))}. Give them as a comma-separated list.", ", ".join(map(str, s)), "list")))
     for _ in unique_range(out, 25):
         ws = rng.sample(sorted(set(WORDS)), rng.randint(4, 6))
-        out.append(exact(f"Sort these words in alphabetical order: {', '.join(ws)}. Give them as a comma-separated list.", ", ".join(sorted(ws)), "list"))
+        out.append(fam("sort_words", exact(f"Sort these words in alphabetical order: {', '.join(ws)}. Give them as a comma-separated list.", ", ".join(sorted(ws)), "list")))
     for _ in unique_range(out, 25):
         w = rng.choice(WORDS)
-        out.append(exact(f"Write the word \"{w}\" backwards.", w[::-1]))
+        out.append(fam("reverse_word", exact(f"Write the word \"{w}\" backwards.", w[::-1])))
     for _ in unique_range(out, 25):
         w = rng.choice(WORDS)
         c = rng.choice(sorted(set(w)))
-        out.append(reas_numeric(f"How many times does the letter \"{c}\" appear in the word \"{w}\"?", w.count(c)))
+        out.append(fam("count_letter", reas_numeric(f"How many times does the letter \"{c}\" appear in the word \"{w}\"?", w.count(c))))
     for _ in unique_range(out, 20):
         w = rng.choice(WORDS)
         k = rng.randint(1, len(w))
-        out.append(exact(f"What is the {ordinal(k)} letter of the word \"{w}\"?", w[k - 1]))
+        out.append(fam("kth_letter", exact(f"What is the {ordinal(k)} letter of the word \"{w}\"?", w[k - 1])))
     for _ in unique_range(out, 20):
         p = rng.choice(PHRASES)
-        out.append(exact(f"Write the phrase \"{p}\" in all uppercase letters.", p.upper(), "none"))
+        out.append(fam("uppercase", exact(f"Write the phrase \"{p}\" in all uppercase letters.", p.upper(), "none")))
     people = ["Alice", "Bob", "Carol", "Dan", "Eve", "Frank", "Gina", "Hugo", "Ivy", "Jack"]
     rel = [("taller", "tallest", "shortest"), ("older", "oldest", "youngest"),
            ("faster", "fastest", "slowest"), ("heavier", "heaviest", "lightest")]
@@ -238,7 +244,7 @@ def gen_reasoning():
         rng.shuffle(facts)
         ask_most = rng.random() < 0.5
         q = most if ask_most else least
-        out.append(exact(f"{' '.join(facts)} Who is the {q}?", ps[0] if ask_most else ps[-1]))
+        out.append(fam("ordering_facts", exact(f"{' '.join(facts)} Who is the {q}?", ps[0] if ask_most else ps[-1])))
     return out
 
 
@@ -396,13 +402,13 @@ def reference(prompt, ref):
 def gen_open():
     out = []
     for c, d in CONCEPTS:
-        out.append(reference(f"Explain in one or two sentences what {c} is.", d))
+        out.append(fam("explain", reference(f"Explain in one or two sentences what {c} is.", d)))
     for country, cap in CAPITALS:
-        out.append(reference(f"What is the capital of {country}?", f"The capital of {country} is {cap}."))
+        out.append(fam("capital", reference(f"What is the capital of {country}?", f"The capital of {country} is {cap}.")))
     for w, s in SYNONYMS:
-        out.append(reference(f"Give one synonym of the word \"{w}\".", f"A synonym of \"{w}\" is \"{s}\"."))
+        out.append(fam("synonym", reference(f"Give one synonym of the word \"{w}\".", f"A synonym of \"{w}\" is \"{s}\".")))
     for w, a in ANTONYMS:
-        out.append(reference(f"Give one antonym (opposite) of the word \"{w}\".", f"The opposite of \"{w}\" is \"{a}\"."))
+        out.append(fam("antonym", reference(f"Give one antonym (opposite) of the word \"{w}\".", f"The opposite of \"{w}\" is \"{a}\".")))
     combos = [(p, j, t) for p in SUMMARY_PEOPLE for j in SUMMARY_JOBS for t in SUMMARY_TOWNS]
     rng.shuffle(combos)
     need = 250 - len(out)
@@ -412,7 +418,7 @@ def gen_open():
                    f"{action}. At first some colleagues were skeptical and the change took extra effort. "
                    f"After {months} months, the {place} {result}, and other places in {town} began to copy the idea.")
         ref = f"A {job} in {town} {action}, and the {place} {result}."
-        out.append(reference(f"Summarize in one sentence: {passage}", ref))
+        out.append(fam("summarize", reference(f"Summarize in one sentence: {passage}", ref)))
     return out
 
 
@@ -752,14 +758,14 @@ def gen_code_own():
         exec(src + tests, check_env)
         prompt = (f"Write a Python function `{fname}({sig})` that {desc}. "
                   "Reply with only the code in a ```python block.")
-        out.append({"category": "code", "prompt": prompt, "max_tokens": 160,
+        out.append({"category": "code", "family": "own_function", "prompt": prompt, "max_tokens": 160,
                     "checker": {"kind": "python_tests", "entry_point": fname, "tests": tests}})
         sols.append((fname, src))
     return out, sols
 
 
 def gen_humaneval():
-    return [{"id": f"code-he-{i:03d}", "category": "code", "prompt": None, "max_tokens": 256,
+    return [{"id": f"code-he-{i:03d}", "category": "code", "family": "humaneval", "prompt": None, "max_tokens": 256,
              "checker": {"kind": "humaneval", "task_id": f"HumanEval/{i}"}} for i in range(164)]
 
 
@@ -803,7 +809,7 @@ def main():
     tmp = OUT + ".tmp"
     with open(tmp, "w") as f:
         for r in allr:
-            rec = {"id": r["id"], "category": r["category"], "prompt": r["prompt"],
+            rec = {"id": r["id"], "category": r["category"], "family": r["family"], "prompt": r["prompt"],
                    "max_tokens": r["max_tokens"], "checker": r["checker"]}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     os.replace(tmp, OUT)  # atomic: readers never see a half-written file

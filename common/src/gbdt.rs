@@ -9,7 +9,8 @@
 //! on the committed router model and on random rows.
 //!
 //! What it reads: numerical and categorical splits, every missing-value type, and the objectives
-//! the trainer can write (multiclass, multiclassova, binary and the identity-output regressions).
+//! the trainer can write (multiclass, multiclassova, binary, cross_entropy and the identity-output
+//! regressions).
 //! Linear trees are refused with a clear error.
 use std::path::Path;
 
@@ -423,6 +424,8 @@ impl Predictor {
         };
         let transform = match name {
             "multiclass" | "softmax" => Transform::Softmax,
+            // `cross_entropy` (alias `xentropy`) takes labels in [0, 1] and predicts the logistic of the raw score.
+            "cross_entropy" | "xentropy" => Transform::Sigmoid(1.0),
             "binary" | "multiclassova" | "multiclass_ova" | "ova" | "ovr" => {
                 Transform::Sigmoid(param("sigmoid").unwrap_or(1.0))
             }

@@ -49,6 +49,10 @@ impl<'de> Deserialize<'de> for Preference {
     }
 }
 
+/// The highest `cost_weight` a request or the router's config may set: past it every choice is the
+/// fastest model.
+pub const MAX_COST_WEIGHT: f64 = 100.0;
+
 /// The fields a router request adds to a model service's request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Routing {
@@ -63,9 +67,22 @@ pub struct Routing {
     /// `--semantic-cache` setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semantic_cache: Option<bool>,
+    /// The learned router's quality/latency knob for this request: how much predicted quality one
+    /// largest-model latency is worth (0: the best predicted answer whatever it costs; higher:
+    /// faster models). Absent: the router's `--cost-weight`, else the model's calibrated default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_weight: Option<f64>,
 }
 
 impl Routing {
+    /// The request's cost weight, checked: a number in [0, MAX_COST_WEIGHT].
+    pub fn cost_weight(&self) -> Result<Option<f64>, crate::validation::ValidationError> {
+        match self.cost_weight {
+            Some(w) if !(0.0..=MAX_COST_WEIGHT).contains(&w) => Err(crate::validation::ValidationError::CostWeight(w)),
+            w => Ok(w),
+        }
+    }
+
     /// The forced model, if any (`auto` and the empty string force nothing).
     pub fn forced_model(&self) -> Option<String> {
         self.model.clone().filter(|m| !m.is_empty() && m != "auto")
@@ -95,7 +112,7 @@ pub struct RouteEvent {
     pub backend: String,
     pub device: String,
     pub confidence: f64,
-    /// model -> the policy's probability for it.
+    /// model -> the policy's score of it, 0..=1 (the learned policy: predicted answer quality).
     pub probabilities: BTreeMap<String, f64>,
     pub reason: String,
     /// `hit`, `semantic` (a close paraphrase's answer) or `miss`.
@@ -173,6 +190,13 @@ mod tests {
 
     #[test]
     fn an_unknown_preference_is_its_own_error() {
+        let r: RouterGenerateRequest = serde_json::from_str(r#"{"prompt":"x","cost_weight":0.25}"#).unwrap();
+        assert_eq!(r.routing.cost_weight(), Ok(Some(0.25)));
+        for bad in [r#"{"prompt":"x","cost_weight":-1}"#, r#"{"prompt":"x","cost_weight":1e9}"#] {
+            let r: RouterGenerateRequest = serde_json::from_str(bad).unwrap();
+            let e = r.routing.cost_weight().unwrap_err();
+            assert!(e.to_string().starts_with("cost_weight must be a number from 0 to 100"), "{e}");
+        }
         let e = crate::validation::parse_json::<RouterGenerateRequest>(br#"{"prompt":"x","prefer_backend":"tpu"}"#)
             .unwrap_err();
         assert_eq!(e, ValidationError::UnknownPreference("\"tpu\"".into()));

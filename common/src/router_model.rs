@@ -1,5 +1,13 @@
-//! The router model directory that `trainer train` writes and the router loads:
-//! `model.txt` (a LightGBM multiclass model) and `meta.json` ([`RouterModelMeta`]).
+//! The router model directory that `trainer train` writes and the router loads: `model.txt` (a
+//! LightGBM `cross_entropy` model of answer quality) and `meta.json` ([`RouterModelMeta`]), and the
+//! routing rule both sides share ([`choose`]).
+//!
+//! The model predicts, for a prompt and a model, the quality in [0, 1] that model's answer will get:
+//! one feature row per (prompt, model), the prompt's features followed by the model's class index
+//! ([`CLASS_FEATURE`]). The rule then weighs each model's predicted quality against its expected
+//! latency now: `quality − cost_weight · latency / reference latency`. The cost weight is the knob:
+//! 0 always takes the best predicted answer, larger values buy speed with quality. The trainer
+//! calibrates its default on held-out predictions for a quality target; a request may bring its own.
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -10,28 +18,64 @@ use crate::features::{feature_names, Pca};
 pub const MODEL_FILE: &str = "model.txt";
 pub const META_FILE: &str = "meta.json";
 
+/// The last feature column: the class index of the model the row asks about.
+pub const CLASS_FEATURE: &str = "model_class";
+
+/// The model's columns: the prompt's features, then [`CLASS_FEATURE`].
+pub fn model_feature_names(pca_dims: usize) -> Vec<String> {
+    let mut names = feature_names(pca_dims);
+    names.push(CLASS_FEATURE.to_string());
+    names
+}
+
+/// One row per class: the prompt's feature row with the class index appended.
+pub fn class_rows(prompt_row: &[f32], classes: usize) -> Vec<Vec<f32>> {
+    (0..classes)
+        .map(|c| {
+            let mut r = Vec::with_capacity(prompt_row.len() + 1);
+            r.extend_from_slice(prompt_row);
+            r.push(c as f32);
+            r
+        })
+        .collect()
+}
+
 /// Everything besides the trees that routing needs, written by the trainer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouterModelMeta {
     /// Format version of this file.
     pub version: u32,
-    /// Feature names in the order of the model's columns (= `features::feature_names(pca.dims())`).
+    /// Feature names in the order of the model's columns (= [`model_feature_names`]).
     pub feature_names: Vec<String>,
     /// PCA of the sentence embedding.
     pub pca: Pca,
-    /// Class index → model name (as in models.toml's `model`, e.g. `qwen2.5-coder-1.5b-instruct`).
+    /// Class index → model name (as in models.toml's `model`), smallest model first.
     pub classes: Vec<String>,
-    /// The model that answers when the router is unsure (the largest/strongest).
-    pub fallback_model: String,
-    /// Weight of normalized latency in the training label (quality − w · latency).
-    pub latency_weight: f64,
-    /// Below this top-class probability the router falls back to `fallback_model`.
-    pub confidence_threshold: f64,
+    /// Per class: the median latency of its answers in the training data, ms. The expected latency
+    /// of an idle backend; the router scales it by the backend's load.
+    pub latency_ms: Vec<f64>,
+    /// The default cost weight ([`choose`]), calibrated by the trainer for `quality_target`.
+    pub cost_weight: f64,
+    /// The share of always-largest quality the default cost weight was calibrated to keep.
+    pub quality_target: f64,
+    /// Calibration curve, cost weight → (quality, latency) over always-largest's, on out-of-fold
+    /// predictions: where each knob setting lands.
+    #[serde(default)]
+    pub cost_curve: Vec<CostPoint>,
     /// SHA-256 of the training data (responses and scores), hex.
     pub training_data_sha256: String,
     /// When the model was trained (RFC 3339), for humans.
     #[serde(default)]
     pub trained_at: String,
+}
+
+/// One setting of the cost weight and where it lands, relative to always-largest.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CostPoint {
+    pub cost_weight: f64,
+    pub quality_vs_largest: f64,
+    pub latency_vs_largest: f64,
+    pub largest_share: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,38 +86,57 @@ pub enum MetaError {
     Invalid { path: String, message: String },
 }
 
-/// A routing decision over the classes: the class that answers, and the top class with its
-/// probability (they differ when the router was unsure).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ClassChoice {
-    pub class: usize,
-    pub top: usize,
-    pub top_p: f64,
-    /// The top class was below the confidence threshold, so the fallback class answers.
-    pub low_confidence: bool,
+pub use crate::route::MAX_COST_WEIGHT;
+
+/// The routing rule, shared by the router and the trainer: the class with the highest
+/// `quality[c] − cost_weight · latency_ms[c] / reference_ms`; of equal utilities the faster wins.
+/// `quality` and `latency_ms` have one entry per class (not empty); a NaN quality never wins.
+pub fn choose(quality: &[f64], latency_ms: &[f64], reference_ms: f64, cost_weight: f64) -> usize {
+    let reference = if reference_ms > 0.0 { reference_ms } else { 1.0 };
+    let utility = |c: usize| {
+        let u = quality[c] - cost_weight * latency_ms[c] / reference;
+        if u.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            u
+        }
+    };
+    let mut best = 0;
+    for c in 1..quality.len() {
+        let (u, b) = (utility(c), utility(best));
+        if u > b + 1e-12 || ((u - b).abs() <= 1e-12 && latency_ms[c] < latency_ms[best]) {
+            best = c;
+        }
+    }
+    best
 }
 
-/// The routing rule, shared by the router and the trainer that tunes its threshold: the most
-/// probable class, or `fallback` when that class's probability is below `threshold`.
-/// `probs` must not be empty.
-pub fn route(probs: &[f64], threshold: f64, fallback: usize) -> ClassChoice {
-    let (top, top_p) =
-        probs.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).expect("at least one class");
-    let low_confidence = top_p < threshold;
-    ClassChoice { class: if low_confidence { fallback } else { top }, top, top_p, low_confidence }
+/// How much longer than on an idle backend a request is expected to take when `busy` requests are
+/// already running or waiting there, on a service that batches up to `batch_size` sequences.
+///
+/// Inside the batch each running sequence slows every step: the engine's time per output token at
+/// 4 streams was 1.66-2.17x one stream (benchmarks/RESULTS.md, "Continuous batching"), about
+/// [`STREAM_COST`] per extra stream. Past the batch, a request waits for a place: about one batch's
+/// latency per `batch_size` requests ahead of it.
+pub fn load_factor(busy: u32, batch_size: u32) -> f64 {
+    let size = batch_size.max(1);
+    if busy < size {
+        1.0 + STREAM_COST * busy as f64
+    } else {
+        let full = 1.0 + STREAM_COST * (size - 1) as f64;
+        full * (1.0 + (busy - size + 1) as f64 / size as f64)
+    }
 }
+
+/// The slowdown each extra running stream adds to a batched step (see [`load_factor`]).
+pub const STREAM_COST: f64 = 0.3;
 
 impl RouterModelMeta {
-    pub const VERSION: u32 = 1;
+    pub const VERSION: u32 = 2;
 
-    /// Index of [`Self::fallback_model`] in [`Self::classes`] (checked by [`Self::check`]).
-    pub fn fallback_class(&self) -> usize {
-        self.classes.iter().position(|c| *c == self.fallback_model).unwrap_or(self.classes.len() - 1)
-    }
-
-    /// [`route`] with this model's threshold and fallback.
-    pub fn route(&self, probs: &[f64]) -> ClassChoice {
-        route(probs, self.confidence_threshold, self.fallback_class())
+    /// The largest class (the last): the reference of latency and quality.
+    pub fn largest(&self) -> usize {
+        self.classes.len() - 1
     }
 
     /// Read and check `dir/meta.json`.
@@ -96,15 +159,17 @@ impl RouterModelMeta {
         if self.classes.is_empty() {
             return Err("no classes".into());
         }
-        if !self.classes.contains(&self.fallback_model) {
-            return Err(format!("fallback_model {} is not a class", self.fallback_model));
+        if self.latency_ms.len() != self.classes.len() {
+            return Err(format!("{} latencies for {} classes", self.latency_ms.len(), self.classes.len()));
         }
-        let expected = feature_names(self.pca.dims());
-        if self.feature_names != expected {
+        if self.latency_ms.iter().any(|l| !l.is_finite() || *l <= 0.0) {
+            return Err("latency_ms must be positive".into());
+        }
+        if self.feature_names != model_feature_names(self.pca.dims()) {
             return Err("feature_names differ from this build's featurizer".into());
         }
-        if !(0.0..=1.0).contains(&self.confidence_threshold) {
-            return Err("confidence_threshold must be in [0, 1]".into());
+        if !(0.0..=MAX_COST_WEIGHT).contains(&self.cost_weight) {
+            return Err(format!("cost_weight must be in [0, {MAX_COST_WEIGHT}]"));
         }
         Ok(())
     }
@@ -115,14 +180,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_top_class_answers_unless_it_is_below_the_threshold() {
-        let c = route(&[0.2, 0.5, 0.3], 0.4, 2);
-        assert_eq!((c.class, c.top, c.low_confidence), (1, 1, false));
-        let c = route(&[0.2, 0.5, 0.3], 0.6, 2);
-        assert_eq!((c.class, c.top, c.top_p, c.low_confidence), (2, 1, 0.5, true));
-        // At the threshold exactly the top class still answers.
-        assert_eq!(route(&[0.5, 0.3, 0.2], 0.5, 2).class, 0);
-        // Of equal probabilities the last wins, as in the trainer's argmax and the router before.
-        assert_eq!(route(&[0.4, 0.4, 0.2], 0.1, 2).top, 1);
+    fn the_cost_weight_trades_quality_for_latency() {
+        let q = [0.1, 0.5, 0.7];
+        let l = [500.0, 2000.0, 5000.0];
+        // No weight: the best predicted quality.
+        assert_eq!(choose(&q, &l, 5000.0, 0.0), 2);
+        // 0.7 − w vs 0.5 − 0.4 w: the 0.5B wins once w > 1/3.
+        assert_eq!(choose(&q, &l, 5000.0, 0.3), 2);
+        assert_eq!(choose(&q, &l, 5000.0, 0.4), 1);
+        // Heavy weight: the fastest.
+        assert_eq!(choose(&q, &l, 5000.0, 10.0), 0);
+        // Equal utility: the faster.
+        assert_eq!(choose(&[0.5, 0.5], &[2.0, 1.0], 1.0, 0.0), 1);
+        // A NaN quality never wins.
+        assert_eq!(choose(&[f64::NAN, 0.1], &[1.0, 1.0], 1.0, 0.0), 1);
+    }
+
+    #[test]
+    fn a_loaded_backend_is_expected_to_be_slower() {
+        assert_eq!(load_factor(0, 4), 1.0);
+        let f: Vec<f64> = (0..12).map(|b| load_factor(b, 4)).collect();
+        assert!(f.windows(2).all(|w| w[1] > w[0]), "{f:?}");
+        // A full batch: a request waits for a place, about one batch latency per 4 ahead.
+        assert!((load_factor(4, 4) - 1.9 * 1.25).abs() < 1e-9);
+        assert!((load_factor(7, 4) - 1.9 * 2.0).abs() < 1e-9);
+        // Load moves the choice off a busy largest model.
+        let q = [0.0, 0.6, 0.7];
+        let idle = [500.0, 2000.0, 5000.0];
+        assert_eq!(choose(&q, &idle, 5000.0, 0.1), 2);
+        let busy = [500.0, 2000.0, 5000.0 * load_factor(6, 4)];
+        assert_eq!(choose(&q, &busy, 5000.0, 0.1), 1);
+    }
+
+    #[test]
+    fn rows_carry_the_class_last() {
+        let rows = class_rows(&[1.0, 2.0], 3);
+        assert_eq!(rows, vec![vec![1.0, 2.0, 0.0], vec![1.0, 2.0, 1.0], vec![1.0, 2.0, 2.0]]);
+        assert_eq!(model_feature_names(2).last().map(String::as_str), Some(CLASS_FEATURE));
     }
 }

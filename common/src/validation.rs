@@ -59,6 +59,9 @@ pub enum ValidationError {
     Empty(&'static str),
     #[error("{field} is {chars} characters, more than the limit of {limit}")]
     PromptTooLong { field: &'static str, chars: usize, limit: usize },
+    /// A `cost_weight` that is not a number in [0, MAX_COST_WEIGHT].
+    #[error("cost_weight must be a number from 0 to {max}, got {0}", max = crate::route::MAX_COST_WEIGHT)]
+    CostWeight(f64),
     /// An unknown `prefer_backend`; the value as the client wrote it, quoted.
     #[error("prefer_backend must be \"cpu\", \"gpu\" or \"auto\", not {0}")]
     UnknownPreference(String),

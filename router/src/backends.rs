@@ -5,7 +5,7 @@
 //! once when it cannot connect to it.
 use crate::metrics::Metrics;
 use polyllm_common::catalog::{Catalog, Slot};
-use polyllm_common::wire::HealthBody;
+use polyllm_common::wire::{BatchLoad, HealthBody};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +34,11 @@ pub struct LiveInfo {
     pub arch: Arc<str>,
     /// Whether model and device come from `/health` (true) or from the catalog (false).
     pub reported: bool,
+    /// How full the service's batch was at the last `/health` (services that report it).
+    pub batch: Option<BatchLoad>,
+    /// The router's own requests in flight there when that `/health` answered: the part of the
+    /// service's count that was ours (the rest is other clients').
+    pub ours_at_health: u32,
 }
 
 /// One model service.
@@ -96,6 +101,8 @@ impl Backend {
                 device: Arc::from(device),
                 arch: Arc::from(""),
                 reported: false,
+                batch: None,
+                ours_at_health: 0,
             }),
             healthy: AtomicBool::new(false),
             in_flight: AtomicI64::new(0),
@@ -182,6 +189,8 @@ impl Backend {
                 live.arch = Arc::from(h.arch.as_str());
             }
             live.reported = true;
+            live.batch = h.batch;
+            live.ours_at_health = self.in_flight().max(0) as u32;
         }
         if !self.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!(backend = %self.id, model = %h.model, device = %h.device, "backend admitted");
@@ -213,6 +222,7 @@ impl Backend {
             healthy: self.is_healthy(),
             chat: self.supports_chat(),
             in_flight: self.in_flight().max(0),
+            batch: live.batch,
             ttft_ms: self.ttft_ms(),
             latency_ms: self.latency_ms(),
             last_error: self.last_error.read().expect("error lock").clone(),
@@ -233,6 +243,9 @@ pub struct BackendView {
     /// Whether it takes chat requests (null: not known yet).
     pub chat: Option<bool>,
     pub in_flight: i64,
+    /// The service's batch at the last health check: size, free places, queued requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchLoad>,
     /// Recent (exponentially weighted) time to first token.
     pub ttft_ms: Option<f64>,
     /// Recent (exponentially weighted) total request latency.

@@ -1,8 +1,10 @@
 //! The learned routing policy: the prompt featurizer (MiniLM embedding + text features, shared
 //! with the trainer) and the LightGBM router model that `trainer train` writes (`model.txt` +
-//! `meta.json`). It predicts, per model, the probability that it is the best answer for its
-//! latency, picks the most probable model that has a healthy candidate, and below the model's
-//! confidence threshold sends the prompt to the largest model (reason `low_confidence`).
+//! `meta.json`). The model predicts each model's answer quality for the prompt; the shared rule
+//! ([`polyllm_common::router_model::choose`]) takes the model with the highest predicted quality
+//! minus the cost weight times its expected latency now: the model's idle latency from training,
+//! scaled by the load on its least busy backend (requests running and queued) when `--load-aware`.
+//! The cost weight comes from the request, else `--cost-weight`, else the model's calibrated default.
 //!
 //! The model directory is watched (polled) and can be reloaded on demand; a new model is loaded
 //! and checked completely before it replaces the old one in one atomic swap, and a broken one
@@ -14,7 +16,9 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use polyllm_common::features::{assemble, Embedder, Embedding, Featurizer};
-use polyllm_common::router_model::{RouterModelMeta, META_FILE, MODEL_FILE};
+use polyllm_common::router_model::{
+    choose, class_rows, load_factor, RouterModelMeta, CLASS_FEATURE, META_FILE, MODEL_FILE,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -43,13 +47,13 @@ pub struct RouterModel {
     pub loaded_at: SystemTime,
 }
 
-/// What the model says about one row.
+/// What the model says about one prompt.
 #[derive(Debug, Clone)]
 pub struct Prediction {
-    /// Per class, same order as `meta.classes`.
-    pub probabilities: Vec<f64>,
-    /// Per class, per feature (+ bias last): LightGBM's SHAP-style contributions to the raw score.
-    pub contributions: Vec<Vec<f64>>,
+    /// Predicted answer quality per class, same order as `meta.classes`.
+    pub quality: Vec<f64>,
+    /// The class rows the predictions came from (the prompt's features plus the class index).
+    pub rows: Vec<Vec<f32>>,
 }
 
 fn stamp(dir: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
@@ -76,21 +80,30 @@ impl RouterModel {
                 meta.feature_names.len()
             )));
         }
-        if booster.classes() != meta.classes.len() {
+        if booster.classes() != 1 {
             return Err(invalid(format!(
-                "{MODEL_FILE} has {} classes, meta.json names {}",
-                booster.classes(),
-                meta.classes.len()
+                "{MODEL_FILE} has {} outputs; a quality model has one (retrain with this build's trainer)",
+                booster.classes()
             )));
         }
         Ok(RouterModel { booster, meta, dir: dir.to_path_buf(), stamp: before, loaded_at: SystemTime::now() })
     }
 
-    /// Class probabilities and per-class contributions of one feature row.
-    pub fn predict(&self, row: &[f32]) -> Result<Prediction, PolicyError> {
-        let probabilities = self.booster.predict(row).map_err(|e| PolicyError::Failed(e.to_string()))?;
-        let contributions = self.booster.contributions(row).map_err(|e| PolicyError::Failed(e.to_string()))?;
-        Ok(Prediction { probabilities, contributions })
+    /// Predicted quality of every class for one prompt's feature row.
+    pub fn predict(&self, prompt_row: &[f32]) -> Result<Prediction, PolicyError> {
+        let rows = class_rows(prompt_row, self.meta.classes.len());
+        let mut quality = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let p = self.booster.predict(r).map_err(|e| PolicyError::Failed(e.to_string()))?;
+            quality.push(p.first().copied().ok_or_else(|| PolicyError::Failed("the model gave no output".into()))?);
+        }
+        Ok(Prediction { quality, rows })
+    }
+
+    /// Per-feature contributions (SHAP, LightGBM's `predict_contrib`) to one class row's score.
+    pub fn contributions(&self, row: &[f32]) -> Result<Vec<f64>, PolicyError> {
+        let c = self.booster.contributions(row).map_err(|e| PolicyError::Failed(e.to_string()))?;
+        c.into_iter().next().ok_or_else(|| PolicyError::Failed("the model gave no contributions".into()))
     }
 }
 
@@ -101,16 +114,37 @@ pub struct ModelStatus {
     pub dir: String,
     pub embedder: bool,
     pub classes: Vec<String>,
-    pub fallback_model: Option<String>,
-    pub confidence_threshold: Option<f64>,
-    pub latency_weight: Option<f64>,
+    /// The cost weight a request without one gets (`--cost-weight`, else the model's default).
+    pub cost_weight: Option<f64>,
+    /// The model's calibrated default and the quality target it was calibrated for.
+    pub calibrated_cost_weight: Option<f64>,
+    pub quality_target: Option<f64>,
+    /// Per class, the expected latency of an idle backend (ms).
+    pub latency_ms: Vec<f64>,
+    pub load_aware: bool,
     pub training_data_sha256: Option<String>,
     pub trained_at: Option<String>,
     pub error: Option<String>,
 }
 
+/// The router's settings of the learned policy.
+#[derive(Debug, Clone, Copy)]
+pub struct LearnedOptions {
+    /// `--cost-weight`: overrides the model's calibrated default (a request overrides both).
+    pub cost_weight: Option<f64>,
+    /// `--load-aware`: scale expected latencies by each backend's load.
+    pub load_aware: bool,
+}
+
+impl Default for LearnedOptions {
+    fn default() -> Self {
+        LearnedOptions { cost_weight: None, load_aware: true }
+    }
+}
+
 /// The policy object the router holds for its whole life; the model inside it is swappable.
 pub struct LearnedPolicy {
+    options: LearnedOptions,
     dir: PathBuf,
     featurizer: Option<Featurizer>,
     model: ArcSwapOption<RouterModel>,
@@ -125,7 +159,7 @@ pub struct LearnedPolicy {
 impl LearnedPolicy {
     /// Load the embedder and, if present, the model. Neither failing is fatal: the router then
     /// routes with `baseline` and says why in its log.
-    pub fn new(dir: &Path, embedder_dir: &Path, baseline: BaselinePolicy) -> Self {
+    pub fn new(dir: &Path, embedder_dir: &Path, baseline: BaselinePolicy, options: LearnedOptions) -> Self {
         let featurizer = match Embedder::load(embedder_dir) {
             Ok(e) => Some(Featurizer::new(e)),
             Err(e) => {
@@ -134,6 +168,7 @@ impl LearnedPolicy {
             }
         };
         let p = LearnedPolicy {
+            options,
             dir: dir.to_path_buf(),
             featurizer,
             model: ArcSwapOption::empty(),
@@ -163,7 +198,7 @@ impl LearnedPolicy {
                 tracing::info!(
                     dir = %self.dir.display(),
                     classes = ?m.meta.classes,
-                    threshold = m.meta.confidence_threshold,
+                    cost_weight = m.meta.cost_weight,
                     data = %m.meta.training_data_sha256,
                     "router model loaded"
                 );
@@ -185,9 +220,11 @@ impl LearnedPolicy {
             dir: self.dir.display().to_string(),
             embedder: self.featurizer.is_some(),
             classes: m.as_ref().map(|m| m.meta.classes.clone()).unwrap_or_default(),
-            fallback_model: m.as_ref().map(|m| m.meta.fallback_model.clone()),
-            confidence_threshold: m.as_ref().map(|m| m.meta.confidence_threshold),
-            latency_weight: m.as_ref().map(|m| m.meta.latency_weight),
+            cost_weight: self.options.cost_weight.or(m.as_ref().map(|m| m.meta.cost_weight)),
+            calibrated_cost_weight: m.as_ref().map(|m| m.meta.cost_weight),
+            quality_target: m.as_ref().map(|m| m.meta.quality_target),
+            latency_ms: m.as_ref().map(|m| m.meta.latency_ms.clone()).unwrap_or_default(),
+            load_aware: self.options.load_aware,
             training_data_sha256: m.as_ref().map(|m| m.meta.training_data_sha256.clone()),
             trained_at: m.as_ref().map(|m| m.meta.trained_at.clone()),
             error: self.last_error.lock().expect("lock").clone(),
@@ -299,64 +336,97 @@ impl RoutingPolicy for LearnedPolicy {
         let row = assemble(ctx.prompt, (*emb).clone(), &model.meta.pca);
         let pred = model.predict(&row.values)?;
         let meta = &model.meta;
-        let probs: BTreeMap<String, f64> =
-            meta.classes.iter().cloned().zip(pred.probabilities.iter().copied()).collect();
-        if pred.probabilities.len() != meta.classes.len() {
-            let (got, classes) = (pred.probabilities.len(), meta.classes.len());
-            return Err(PolicyError::Failed(format!("the model gave {got} probabilities for {classes} classes")));
-        }
-        // The routing rule, shared with the trainer: the top class, or the fallback when unsure.
-        let choice = meta.route(&pred.probabilities);
-        let (top_i, top_p) = (choice.top, choice.top_p);
-        let top = &meta.classes[top_i];
+        let k = meta.classes.len();
+        let w = ctx.cost_weight.or(self.options.cost_weight).unwrap_or(meta.cost_weight);
+        let reference = meta.latency_ms[meta.largest()];
 
-        let mut reason;
-        let chosen: Option<&Candidate>;
-        if choice.low_confidence {
-            reason = format!(
-                "low_confidence: best guess {top} at p={top_p:.2} is below the threshold {:.2}, so the largest model answers",
-                meta.confidence_threshold
-            );
-            chosen = pick(candidates, &meta.fallback_model);
-            if chosen.is_none() {
-                reason.push_str(&format!(" ({} has no healthy backend here)", meta.fallback_model));
-            }
-        } else {
-            reason = format!("learned: {top} is the best answer for its latency with p={top_p:.2}");
-            chosen = pick(candidates, top);
-            if chosen.is_none() {
-                reason.push_str(&format!(" ({top} has no healthy backend here)"));
+        // Each candidate's expected latency now: its model's idle latency times its load.
+        let class_of = |c: &Candidate| meta.classes.iter().position(|m| **m == *c.model);
+        let expected = |c: &Candidate, class: usize| {
+            let load = if self.options.load_aware { load_factor(c.busy(), c.batch_size()) } else { 1.0 };
+            meta.latency_ms[class] * load
+        };
+        // Per class, its quickest candidate; classes without one can never win.
+        let mut best: Vec<Option<(&Candidate, f64)>> = vec![None; k];
+        for c in candidates {
+            let Some(i) = class_of(c) else { continue };
+            let l = expected(c, i);
+            if best[i].is_none_or(|(b, bl)| l < bl || (l == bl && c.id < b.id)) {
+                best[i] = Some((c, l));
             }
         }
-        // Whatever is left: the most probable model that has a candidate.
-        let mut ranked: Vec<&Candidate> = candidates.iter().collect();
-        let p = |c: &Candidate| probs.get(&*c.model).copied().unwrap_or(-1.0);
-        ranked.sort_by(|a, b| p(b).total_cmp(&p(a)).then(a.in_flight.cmp(&b.in_flight)).then(a.id.cmp(&b.id)));
-        let chosen = chosen.unwrap_or(ranked[0]);
-        if !reason.contains(&*chosen.model) {
-            reason.push_str(&format!("; chose {} instead", chosen.model));
+        if best.iter().all(Option::is_none) {
+            // No candidate serves a model the router model knows: the baseline decides.
+            return self.baseline.decide(ctx, candidates, pref);
+        }
+        let quality: Vec<f64> = (0..k).map(|i| if best[i].is_some() { pred.quality[i] } else { f64::NAN }).collect();
+        let latency: Vec<f64> = (0..k).map(|i| best[i].map_or(f64::INFINITY, |(_, l)| l)).collect();
+        let ci = choose(&quality, &latency, reference, w);
+        let Some((chosen, chosen_ms)) = best[ci] else {
+            return self.baseline.decide(ctx, candidates, pref);
+        };
+
+        let utility = |c: &Candidate| match class_of(c) {
+            Some(i) => pred.quality[i] - w * expected(c, i) / reference,
+            None => f64::NEG_INFINITY,
+        };
+        let mut ranked: Vec<&Candidate> = candidates.iter().filter(|c| c.id != chosen.id).collect();
+        ranked.sort_by(|a, b| {
+            utility(b).total_cmp(&utility(a)).then(a.in_flight.cmp(&b.in_flight)).then(a.id.cmp(&b.id))
+        });
+
+        let secs = |ms: f64| format!("{:.1} s", ms / 1000.0);
+        let busy = |c: &Candidate| {
+            let b = c.busy();
+            if self.options.load_aware && b > 0 {
+                format!(", {b} busy of {}", c.batch_size())
+            } else {
+                String::new()
+            }
+        };
+        let mut reason = format!(
+            "learned: {} (predicted quality {:.2}, ~{}{}) has the best quality for its latency at cost weight {w:.2}",
+            chosen.model,
+            pred.quality[ci],
+            secs(chosen_ms),
+            busy(chosen)
+        );
+        let top = (0..k).filter(|&i| best[i].is_some()).max_by(|&a, &b| pred.quality[a].total_cmp(&pred.quality[b]));
+        if let Some(t) = top.filter(|&t| t != ci) {
+            if let Some((c, l)) = best[t] {
+                reason.push_str(&format!(
+                    "; {} would answer at {:.2} but in ~{}{}",
+                    c.model,
+                    pred.quality[t],
+                    secs(l),
+                    busy(c)
+                ));
+            }
         }
 
-        // Contributions towards the chosen model's class (the top class if it is not a class).
-        let ci = meta.classes.iter().position(|c| **c == *chosen.model).unwrap_or(top_i);
-        let mut contrib: Vec<(String, f64)> =
-            row.names.iter().cloned().zip(pred.contributions[ci].iter().copied()).collect();
+        // Contributions towards the chosen model's predicted quality.
+        let names: Vec<String> = row.names.iter().cloned().chain(std::iter::once(CLASS_FEATURE.to_string())).collect();
+        let phi = model.contributions(&pred.rows[ci])?;
+        let mut contrib: Vec<(String, f64)> = names.iter().cloned().zip(phi.iter().copied()).collect();
         contrib.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
         contrib.truncate(TOP_CONTRIBUTIONS);
         let factors: Vec<String> = contrib.iter().take(3).map(|(n, v)| format!("{n} {}", signed(*v))).collect();
         if !factors.is_empty() {
             reason.push_str(&format!("; top factors: {}", factors.join(", ")));
         }
-        let features: BTreeMap<String, f64> =
+        let mut features: BTreeMap<String, f64> =
             row.names.iter().cloned().zip(row.values.iter().map(|v| *v as f64)).collect();
+        features.insert("cost_weight".into(), w);
+        let probabilities: BTreeMap<String, f64> =
+            meta.classes.iter().cloned().zip(pred.quality.iter().copied()).collect();
 
         Ok(Decision {
             backend: chosen.id.clone(),
             model: chosen.model.clone(),
-            confidence: probs.get(&*chosen.model).copied().unwrap_or(0.0),
-            probabilities: probs,
+            confidence: pred.quality[ci].clamp(0.0, 1.0),
+            probabilities,
             reason,
-            fallbacks: ranked.iter().filter(|c| c.id != chosen.id).map(|c| c.id.clone()).collect(),
+            fallbacks: ranked.iter().map(|c| c.id.clone()).collect(),
             features: Some(features),
             contributions: Some(contrib.into_iter().collect()),
         })
@@ -384,8 +454,12 @@ mod tests {
         for f in [MODEL_FILE, META_FILE] {
             std::fs::copy(committed_model().join(f), dir.path().join(f)).unwrap();
         }
-        let policy =
-            LearnedPolicy::new(dir.path(), Path::new("/nonexistent"), BaselinePolicy { kind: PolicyKind::Smallest });
+        let policy = LearnedPolicy::new(
+            dir.path(),
+            Path::new("/nonexistent"),
+            BaselinePolicy { kind: PolicyKind::Smallest },
+            LearnedOptions::default(),
+        );
         let good = policy.status();
         assert!(good.loaded && good.error.is_none(), "{good:?}");
         let text = std::fs::read_to_string(committed_model().join(MODEL_FILE)).unwrap();
@@ -400,9 +474,88 @@ mod tests {
             assert!(now.error.as_deref().is_some_and(|m| m.contains(MODEL_FILE)), "{now:?}");
         }
         // At start, a broken model is a clear error and the baseline routes.
-        let fresh =
-            LearnedPolicy::new(dir.path(), Path::new("/nonexistent"), BaselinePolicy { kind: PolicyKind::Smallest });
+        let fresh = LearnedPolicy::new(
+            dir.path(),
+            Path::new("/nonexistent"),
+            BaselinePolicy { kind: PolicyKind::Smallest },
+            LearnedOptions::default(),
+        );
         let st = fresh.status();
         assert!(!st.loaded && st.error.as_deref().is_some_and(|m| m.contains("model.txt")), "{st:?}");
+    }
+
+    /// The committed model on real MiniLM features, three backends by hand: the cost weight and a
+    /// busy largest model move the choice the way the rule says.
+    #[test]
+    fn the_knob_and_the_load_move_the_choice() {
+        use crate::backends::Backend;
+        use crate::policy::PromptFeatures;
+        use polyllm_common::wire::BatchLoad;
+        let embedder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
+        let mk = |opts| {
+            LearnedPolicy::new(&committed_model(), &embedder, BaselinePolicy { kind: PolicyKind::Smallest }, opts)
+        };
+        let policy = mk(LearnedOptions::default());
+        assert_eq!(policy.name(), "learned", "the committed model and the embedder must load: {:?}", policy.status());
+        let blind = mk(LearnedOptions { cost_weight: None, load_aware: false });
+        let meta = policy.current().unwrap().meta.clone();
+        let backends: Vec<Arc<Backend>> = meta
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let b = Backend::new(&format!("m{}", i + 1), "http://127.0.0.1:9", None, None);
+                b.force_health(true, m, "cpu");
+                Arc::new(b)
+            })
+            .collect();
+        let idle: Vec<Candidate> = backends.iter().map(Candidate::of).collect();
+        let mut busy = idle.clone();
+        let largest = busy.last_mut().unwrap();
+        largest.batch = Some(BatchLoad { size: 4, free: 0, queued: 8 });
+        largest.others = 12;
+        let largest_model = meta.classes.last().unwrap().clone();
+        let fastest = meta.latency_ms.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+
+        let prompts = [
+            "Write a Python function `merge_intervals(intervals)` that merges overlapping intervals. Reply with only the code in a ```python block.",
+            "Write a Python function `is_prime(n)` that returns True when n is prime. Reply with only the code in a ```python block.",
+            "What is 17% of 340? Answer with just the number.",
+            "Explain in one or two sentences what a hash table is.",
+            "Sort these words in alphabetical order: pear, apple, fig. Give them as a comma-separated list.",
+            "What day of the week was March 3, 1999?",
+        ];
+        let mut moved = 0;
+        for prompt in prompts {
+            let ctx = |w: Option<f64>| RoutingContext {
+                prompt,
+                features: PromptFeatures::of(prompt),
+                chat: false,
+                max_tokens: None,
+                temp: None,
+                cost_weight: w,
+            };
+            let d = policy.decide(&ctx(None), &idle, Preference::Auto).unwrap();
+            let q = &d.probabilities;
+            assert_eq!(q.len(), meta.classes.len(), "{q:?}");
+            assert!(q.values().all(|v| (0.0..=1.0).contains(v)), "{q:?}");
+            // Weight 0: the best predicted quality; the highest weight: the fastest model.
+            let d0 = policy.decide(&ctx(Some(0.0)), &idle, Preference::Auto).unwrap();
+            let top = q.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+            assert_eq!(&*d0.model, top.as_str(), "{}", d0.reason);
+            let dmax = policy.decide(&ctx(Some(100.0)), &idle, Preference::Auto).unwrap();
+            assert_eq!(*dmax.model, *meta.classes[fastest], "{}", dmax.reason);
+            // Load: a largest model with a full batch and 8 waiting loses the prompts it won idle,
+            // unless the router is told to ignore load.
+            if *d.model == *largest_model {
+                let db = policy.decide(&ctx(None), &busy, Preference::Auto).unwrap();
+                assert_ne!(*db.model, *largest_model, "{}", db.reason);
+                assert!(db.reason.contains("12 busy of 4"), "{}", db.reason);
+                let dblind = blind.decide(&ctx(None), &busy, Preference::Auto).unwrap();
+                assert_eq!(*dblind.model, *largest_model, "{}", dblind.reason);
+                moved += 1;
+            }
+        }
+        assert!(moved >= 1, "no prompt went to the largest model idle: the load case was not exercised");
     }
 }

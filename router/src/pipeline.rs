@@ -260,10 +260,25 @@ pub async fn start(
     let r0 = Instant::now();
     let plan = if st.policy.blocking() {
         // The learned policy embeds the prompt: keep that off the async workers.
-        let (st2, prompt, chat, max_tokens, temp, preference, model) =
-            (st.clone(), req.prompt.clone(), req.chat, req.max_tokens, req.temp, req.preference, req.model.clone());
+        let (st2, prompt, chat, max_tokens, temp, preference, model, cost_weight) = (
+            st.clone(),
+            req.prompt.clone(),
+            req.chat,
+            req.max_tokens,
+            req.temp,
+            req.preference,
+            req.model.clone(),
+            req.cost_weight,
+        );
         tokio::task::spawn_blocking(move || {
-            let ctx = RoutingContext { prompt: &prompt, features: PromptFeatures::of(&prompt), chat, max_tokens, temp };
+            let ctx = RoutingContext {
+                prompt: &prompt,
+                features: PromptFeatures::of(&prompt),
+                chat,
+                max_tokens,
+                temp,
+                cost_weight,
+            };
             policy::plan(
                 st2.policy.as_ref(),
                 &st2.registry,
@@ -282,6 +297,7 @@ pub async fn start(
             chat: req.chat,
             max_tokens: req.max_tokens,
             temp: req.temp,
+            cost_weight: req.cost_weight,
         };
         policy::plan(
             st.policy.as_ref(),

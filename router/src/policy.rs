@@ -6,6 +6,7 @@ use crate::backends::{Backend, Registry};
 use crate::config::PolicyKind;
 use crate::error::ApiError;
 use polyllm_common::route::Preference;
+use polyllm_common::wire::BatchLoad;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct RoutingContext<'a> {
     pub chat: bool,
     pub max_tokens: Option<u32>,
     pub temp: Option<f64>,
+    /// The request's `cost_weight`, if it set one.
+    pub cost_weight: Option<f64>,
 }
 
 /// A healthy backend a request may go to, as a snapshot taken for this request.
@@ -64,6 +67,10 @@ pub struct Candidate {
     /// `cpu` or `cuda` as reported by the backend.
     pub device: Arc<str>,
     pub in_flight: i64,
+    /// The service's batch at its last health check, if it reports one.
+    pub batch: Option<BatchLoad>,
+    /// Requests running or waiting there at the last health check that were not the router's.
+    pub others: u32,
     pub ttft_ms: Option<f64>,
     pub latency_ms: Option<f64>,
 }
@@ -77,9 +84,25 @@ impl Candidate {
             model: live.model,
             device: live.device,
             in_flight: backend.in_flight(),
+            batch: live.batch,
+            others: live
+                .batch
+                .map_or(0, |b| (b.size.saturating_sub(b.free) + b.queued).saturating_sub(live.ours_at_health)),
             ttft_ms: backend.ttft_ms(),
             latency_ms: backend.latency_ms(),
         }
+    }
+
+    /// Requests running or waiting on the backend: the router's own now, plus other clients' at
+    /// the last health check (the service's count then, less the router's own then), so a stale
+    /// health figure never counts the router's finished requests.
+    pub fn busy(&self) -> u32 {
+        self.in_flight.max(0) as u32 + self.others
+    }
+
+    /// Sequences the backend decodes together (1 when it does not say).
+    pub fn batch_size(&self) -> u32 {
+        self.batch.map_or(1, |b| b.size.max(1))
     }
 
     pub fn is_gpu(&self) -> bool {
@@ -95,7 +118,8 @@ pub struct Decision {
     pub model: Arc<str>,
     /// The policy's confidence in its choice, 0..=1.
     pub confidence: f64,
-    /// model -> probability that it is the right model for this prompt.
+    /// model -> the policy's score of it for this prompt, 0..=1 (the learned policy: its predicted
+    /// answer quality; the baseline: 1 for the chosen model).
     pub probabilities: BTreeMap<String, f64>,
     /// One human-readable sentence on why.
     pub reason: String,
@@ -343,7 +367,14 @@ mod tests {
     }
 
     fn ctx() -> RoutingContext<'static> {
-        RoutingContext { prompt: "hi", features: PromptFeatures::of("hi"), chat: false, max_tokens: None, temp: None }
+        RoutingContext {
+            prompt: "hi",
+            features: PromptFeatures::of("hi"),
+            chat: false,
+            max_tokens: None,
+            temp: None,
+            cost_weight: None,
+        }
     }
 
     fn ids(p: &Plan) -> Vec<String> {

@@ -158,8 +158,12 @@ impl AppState {
     /// with the baseline `--policy` while it has no model.
     pub fn with_learned_policy(config: Config) -> anyhow::Result<Self> {
         let baseline = crate::policy::BaselinePolicy { kind: config.routing.policy };
+        let options = crate::learned::LearnedOptions {
+            cost_weight: config.routing.cost_weight,
+            load_aware: config.routing.load_aware,
+        };
         let learned =
-            Arc::new(LearnedPolicy::new(&config.routing.router_model, &config.routing.embedder_dir, baseline));
+            Arc::new(LearnedPolicy::new(&config.routing.router_model, &config.routing.embedder_dir, baseline, options));
         let mut st = AppState::new(config, learned.clone())?;
         if st.cache.is_some() && learned.can_embed() {
             let c = &st.config.cache;

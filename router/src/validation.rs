@@ -42,6 +42,8 @@ pub struct RouterRequest {
     pub model: Option<String>,
     /// `semantic_cache` of the request, when it set one.
     pub semantic_cache: Option<bool>,
+    /// `cost_weight` of the request, checked, when it set one.
+    pub cost_weight: Option<f64>,
     pub stream: bool,
     pub protocol: Protocol,
     /// The JSON body sent to every backend tried (always streaming).
@@ -77,6 +79,7 @@ pub fn generate(body: &[u8], limits: Limits) -> Result<RouterRequest, ApiError> 
         preference: routing.prefer_backend.unwrap_or_default(),
         model: routing.forced_model(),
         semantic_cache: routing.semantic_cache,
+        cost_weight: routing.cost_weight()?,
         stream,
         protocol: Protocol::Generate,
         upstream_body,
@@ -107,6 +110,8 @@ mod tests {
         assert_eq!(status(r#"{"prompt": "x", "temp": -1}"#), StatusCode::BAD_REQUEST);
         assert_eq!(status(r#"{"prompt": "x", "top_p": 0}"#), StatusCode::BAD_REQUEST);
         assert_eq!(status(r#"{"prompt": "x", "prefer_backend": "tpu"}"#), StatusCode::BAD_REQUEST);
+        assert_eq!(status(r#"{"prompt": "x", "cost_weight": -0.5}"#), StatusCode::BAD_REQUEST);
+        assert_eq!(status(r#"{"prompt": "x", "cost_weight": "high"}"#), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(status(r#"{"prompt": "x", "temp": 101}"#), StatusCode::BAD_REQUEST);
         assert_eq!(
             status(

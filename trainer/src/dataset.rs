@@ -110,6 +110,10 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
 pub struct PromptRecord {
     pub id: String,
     pub category: Category,
+    /// The template family the prompt was generated from (`add`, `weekday`, `humaneval`…): the unit
+    /// a leave-one-family-out evaluation holds out. Records without one form a family per category.
+    #[serde(default)]
+    pub family: Option<String>,
     /// The text sent to the models.
     pub prompt: String,
     pub max_tokens: u32,
@@ -122,6 +126,8 @@ pub struct PromptRecord {
 struct RawRecord {
     id: String,
     category: Category,
+    #[serde(default)]
+    family: Option<String>,
     prompt: Option<String>,
     max_tokens: u32,
     checker: Checker,
@@ -272,6 +278,7 @@ pub fn parse_prompts(reader: impl BufRead, source: &str, humaneval: &HumanEval) 
         out.push(PromptRecord {
             id: raw.id,
             category: raw.category,
+            family: raw.family.filter(|f| !f.trim().is_empty()),
             prompt,
             max_tokens: raw.max_tokens,
             checker: raw.checker,

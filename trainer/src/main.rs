@@ -77,7 +77,7 @@ enum Command {
         #[command(flatten)]
         embedder: EmbedderArgs,
     },
-    /// Label each prompt with its best model (quality − latency penalty) and train the LightGBM router model.
+    /// Train the LightGBM router model (each model's answer quality per prompt) and calibrate its cost weight.
     Train {
         #[command(flatten)]
         prompts: PromptArgs,
@@ -86,9 +86,9 @@ enum Command {
         /// The model directory to write (model.txt, meta.json, split.json, training_report.json).
         #[arg(long, env = "ROUTER_MODEL", default_value = "router/model")]
         out: PathBuf,
-        /// w in label = argmax(quality − w · latency / slowest latency).
-        #[arg(long, default_value_t = 0.3)]
-        latency_weight: f64,
+        /// The share of always-largest quality the default cost weight keeps (out of fold).
+        #[arg(long, default_value_t = 0.95)]
+        quality_target: f64,
         #[arg(long, default_value_t = 5)]
         folds: usize,
         /// Share of each category held out for `evaluate`.
@@ -107,7 +107,7 @@ enum Command {
         #[command(flatten)]
         embedder: EmbedderArgs,
     },
-    /// Evaluate the router model on its held-out split against baselines; writes report.json/.md/.png.
+    /// Evaluate the router model on its held-out split and leave-one-family-out against baselines; writes report.json/.md/.png.
     Evaluate {
         #[command(flatten)]
         prompts: PromptArgs,
@@ -202,7 +202,7 @@ async fn main() -> Result<()> {
             prompts,
             scores,
             out,
-            latency_weight,
+            quality_target,
             folds,
             test_share,
             seed,
@@ -218,7 +218,7 @@ async fn main() -> Result<()> {
             let emb = trainer::train::embed_all(&f, &table)?;
             let cfg = trainer::train::TrainConfig {
                 out_dir: out.clone(),
-                latency_weight,
+                quality_target,
                 folds,
                 test_share,
                 seed,
@@ -228,8 +228,12 @@ async fn main() -> Result<()> {
             };
             let o = trainer::train::train(&table, &emb, &cfg)?;
             eprintln!(
-                "trained: {} rounds, CV accuracy {:.3}, CV log loss {:.3}, confidence threshold {:.2}, labels {:?} → {}",
-                o.report.rounds, o.report.cv_accuracy, o.report.cv_log_loss, o.report.confidence_threshold, o.report.label_counts, out.display()
+                "trained: {} rounds, CV cross-entropy {:.3} (folds by template family), cost weight {:.3} for {:.0}% of always-largest quality → {}",
+                o.report.rounds,
+                o.report.cv_log_loss,
+                o.report.cost_weight,
+                o.report.quality_target * 100.0,
+                out.display()
             );
         }
         Command::Evaluate { prompts, scores, model, font, embedder } => {

@@ -64,6 +64,8 @@ pub fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
 pub struct Item {
     pub id: String,
     pub category: String,
+    /// The template family ([`crate::dataset::PromptRecord::family`], or the category).
+    pub family: String,
     pub prompt: String,
     /// Per class (same order as [`Table::classes`]).
     pub quality: Vec<f64>,
@@ -151,6 +153,7 @@ impl Table {
             items.push(Item {
                 id: p.id.clone(),
                 category: p.category.as_str().to_string(),
+                family: p.family.clone().unwrap_or_else(|| p.category.as_str().to_string()),
                 prompt: p.prompt.clone(),
                 quality,
                 latency_ms: latency,
@@ -204,6 +207,7 @@ mod tests {
         Item {
             id: "x".into(),
             category: "math".into(),
+            family: "add".into(),
             prompt: "p".into(),
             quality: q.to_vec(),
             latency_ms: l.to_vec(),

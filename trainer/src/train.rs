@@ -1,19 +1,24 @@
-//! `trainer train`: featurize the table's prompts, fit the PCA on the training split, label each
-//! prompt (best quality minus a latency penalty), run k-fold cross-validation with early stopping
-//! to pick the number of boosting rounds and the confidence threshold, train LightGBM multiclass on
-//! the whole training split, and write the router model directory.
+//! `trainer train`: featurize the table's prompts, fit the PCA on the training split, and train a
+//! LightGBM `cross_entropy` model of answer quality over (prompt, model) rows: the prompt's
+//! features plus the model's class index, labelled with the quality that model's answer got.
+//! Cross-validation with folds grouped by template family (so the out-of-fold predictions are
+//! for families the fold never saw) picks the number of boosting rounds and calibrates the default
+//! cost weight of the routing rule ([`polyllm_common::router_model::choose`]) for a quality target.
+//! Writes the router model directory.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lightgbm3::{Booster, Dataset};
-use polyllm_common::features::{assemble, feature_names, Embedding, Featurizer, Pca};
-use polyllm_common::router_model::{RouterModelMeta, META_FILE, MODEL_FILE};
+use polyllm_common::features::{assemble, Embedding, Featurizer, Pca};
+use polyllm_common::router_model::{
+    choose, class_rows, model_feature_names, CostPoint, RouterModelMeta, META_FILE, MODEL_FILE,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
-use crate::table::Table;
+use crate::table::{Item, Table};
 
 /// File names the trainer adds to the model directory.
 pub const SPLIT_FILE: &str = "split.json";
@@ -22,7 +27,8 @@ pub const TRAIN_REPORT_FILE: &str = "training_report.json";
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub out_dir: PathBuf,
-    pub latency_weight: f64,
+    /// The share of always-largest quality the default cost weight must keep (out of fold).
+    pub quality_target: f64,
     pub folds: usize,
     pub test_share: f64,
     pub seed: u64,
@@ -43,9 +49,11 @@ pub struct Split {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FoldResult {
     pub fold: usize,
-    pub rows: usize,
+    /// The template families this fold held out.
+    pub families: Vec<String>,
+    pub prompts: usize,
     pub best_rounds: i32,
-    pub accuracy: f64,
+    /// Mean cross-entropy of the predicted quality against the scored quality.
     pub log_loss: f64,
 }
 
@@ -53,19 +61,17 @@ pub struct FoldResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
     pub classes: Vec<String>,
-    pub label_counts: Vec<usize>,
-    pub train_rows: usize,
-    pub test_rows: usize,
+    pub train_prompts: usize,
+    pub test_prompts: usize,
     pub features: usize,
     pub pca_explained_variance: Vec<f32>,
     pub folds: Vec<FoldResult>,
-    pub cv_accuracy: f64,
     pub cv_log_loss: f64,
     pub rounds: i32,
-    pub latency_weight: f64,
-    pub confidence_threshold: f64,
-    /// threshold -> mean out-of-fold utility, the curve the threshold was picked on.
-    pub threshold_curve: Vec<(f64, f64)>,
+    pub quality_target: f64,
+    pub cost_weight: f64,
+    /// Out-of-fold: where each cost weight lands (the curve the default was picked on).
+    pub cost_curve: Vec<CostPoint>,
     pub params: serde_json::Value,
     pub training_data_sha256: String,
 }
@@ -87,11 +93,10 @@ pub fn embed_all(featurizer: &Featurizer, table: &Table) -> Result<Vec<Embedding
 }
 
 /// LightGBM parameters of every fit.
-pub fn params(classes: usize, rounds: u32, seed: u64, threads: usize, early_stopping: bool) -> serde_json::Value {
+pub fn params(rounds: u32, seed: u64, threads: usize, early_stopping: bool) -> serde_json::Value {
     let mut p = json!({
-        "objective": "multiclass",
-        "num_class": classes,
-        "metric": "multi_logloss",
+        "objective": "cross_entropy",
+        "metric": "cross_entropy",
         "learning_rate": 0.05,
         "num_leaves": 15,
         "max_depth": 6,
@@ -121,29 +126,173 @@ fn dataset(rows: &[Vec<f32>], labels: &[f32], names: &[String], reference: Optio
     Ok(d)
 }
 
-/// Class probabilities, one Vec per row.
-pub fn predict_rows(b: &Booster, rows: &[Vec<f32>], classes: usize) -> Result<Vec<Vec<f64>>> {
-    if rows.is_empty() {
+/// A fitted quality model: the PCA of its training prompts and the booster.
+pub struct Fitted {
+    pub pca: Pca,
+    pub booster: Booster,
+}
+
+/// (prompt, class) rows and quality labels of the items `idx`.
+fn class_table(table: &Table, embeddings: &[Embedding], pca: &Pca, idx: &[usize]) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let k = table.classes.len();
+    let (mut x, mut y) = (Vec::with_capacity(idx.len() * k), Vec::with_capacity(idx.len() * k));
+    for &i in idx {
+        let it = &table.items[i];
+        let row = assemble(&it.prompt, embeddings[i].clone(), pca).values;
+        x.extend(class_rows(&row, k));
+        y.extend(it.quality.iter().map(|q| q.clamp(0.0, 1.0) as f32));
+    }
+    (x, y)
+}
+
+/// Fit on the items `fit` (PCA included); with `valid`, stop early on it.
+pub fn fit(
+    table: &Table,
+    embeddings: &[Embedding],
+    fit: &[usize],
+    valid: Option<&[usize]>,
+    rounds: u32,
+    cfg: &TrainConfig,
+) -> Result<Fitted> {
+    let emb: Vec<Vec<f32>> = fit.iter().map(|&i| embeddings[i].vector.clone()).collect();
+    let pca = Pca::fit(&emb, cfg.pca_dims).context("fitting the PCA")?;
+    let names = model_feature_names(pca.dims());
+    let (fx, fy) = class_table(table, embeddings, &pca, fit);
+    let dtrain = dataset(&fx, &fy, &names, None)?;
+    let booster = match valid {
+        Some(v) => {
+            let (vx, vy) = class_table(table, embeddings, &pca, v);
+            let dvalid = dataset(&vx, &vy, &names, Some(&dtrain))?;
+            Booster::train_with_valid(dtrain, Some(dvalid), &params(rounds, cfg.seed, cfg.threads, true))
+        }
+        None => Booster::train(dtrain, &params(rounds, cfg.seed, cfg.threads, false)),
+    }
+    .map_err(|e| anyhow::anyhow!("LightGBM training: {e}"))?;
+    Ok(Fitted { pca, booster })
+}
+
+impl Fitted {
+    /// Predicted quality per class of each item of `idx`.
+    pub fn predict(&self, table: &Table, embeddings: &[Embedding], idx: &[usize]) -> Result<Vec<Vec<f64>>> {
+        predict_quality(&self.booster, &self.pca, table, embeddings, idx)
+    }
+}
+
+/// Predicted quality per class of each item of `idx`, from a booster and its PCA.
+pub fn predict_quality(
+    booster: &Booster,
+    pca: &Pca,
+    table: &Table,
+    embeddings: &[Embedding],
+    idx: &[usize],
+) -> Result<Vec<Vec<f64>>> {
+    if idx.is_empty() {
         return Ok(Vec::new());
     }
-    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-    let p = b.predict(&flat, rows[0].len() as i32, true).map_err(|e| anyhow::anyhow!("LightGBM predict: {e}"))?;
-    Ok(p.chunks(classes).map(|c| c.to_vec()).collect())
+    let k = table.classes.len();
+    let (x, _) = class_table(table, embeddings, pca, idx);
+    let flat: Vec<f32> = x.iter().flatten().copied().collect();
+    let p = booster.predict(&flat, x[0].len() as i32, true).map_err(|e| anyhow::anyhow!("LightGBM predict: {e}"))?;
+    if p.len() != x.len() {
+        bail!("LightGBM gave {} predictions for {} rows", p.len(), x.len());
+    }
+    Ok(p.chunks(k).map(|c| c.to_vec()).collect())
 }
 
-pub fn argmax(v: &[f64]) -> usize {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+/// Per class, the median latency of the items `idx`: the expected latency of an idle backend.
+pub fn median_latency(table: &Table, idx: &[usize]) -> Vec<f64> {
+    (0..table.classes.len())
+        .map(|c| {
+            let mut l: Vec<f64> = idx.iter().map(|&i| table.items[i].latency_ms[c]).collect();
+            l.sort_by(f64::total_cmp);
+            l.get(l.len() / 2).copied().unwrap_or(1.0).max(1e-3)
+        })
+        .collect()
 }
 
-/// The router's routing rule ([`polyllm_common::router_model::route`]) with the trainer's
-/// fallback, the last class (the largest model), which `train` writes as `fallback_model`.
-pub fn route(probs: &[f64], threshold: f64) -> usize {
-    polyllm_common::router_model::route(probs, threshold, probs.len() - 1).class
+/// The cost weights every curve is evaluated at: 0, then geometric from 0.005 to 20, then the most.
+pub fn cost_grid() -> Vec<f64> {
+    let mut g = vec![0.0];
+    let mut w = 0.005f64;
+    while w <= 20.0 {
+        g.push((w * 1e6).round() / 1e6);
+        w *= 1.15;
+    }
+    g.push(polyllm_common::router_model::MAX_COST_WEIGHT);
+    g
 }
 
-/// Feature rows of the items, in table order.
-pub fn rows(table: &Table, embeddings: &[Embedding], pca: &Pca) -> Vec<Vec<f32>> {
-    table.items.iter().zip(embeddings).map(|(it, e)| assemble(&it.prompt, e.clone(), pca).values).collect()
+/// The routing rule's choice per item at cost weight `w`.
+pub fn route_all(pred: &[Vec<f64>], latency_ms: &[f64], w: f64) -> Vec<usize> {
+    let reference = latency_ms[latency_ms.len() - 1];
+    pred.iter().map(|q| choose(q, latency_ms, reference, w)).collect()
+}
+
+/// Mean quality, mean latency and largest share of a routing (one class per item).
+pub fn outcome(items: &[&Item], choice: &[usize]) -> (f64, f64, f64) {
+    let k = items.first().map_or(1, |i| i.quality.len());
+    let n = items.len().max(1) as f64;
+    (
+        items.iter().zip(choice).map(|(it, &c)| it.quality[c]).sum::<f64>() / n,
+        items.iter().zip(choice).map(|(it, &c)| it.latency_ms[c]).sum::<f64>() / n,
+        choice.iter().filter(|&&c| c == k - 1).count() as f64 / n,
+    )
+}
+
+/// Where each cost weight of [`cost_grid`] lands on `items`, relative to always-largest.
+pub fn cost_curve(items: &[&Item], pred: &[Vec<f64>], latency_ms: &[f64]) -> Vec<CostPoint> {
+    let k = latency_ms.len();
+    let (q_l, l_l, _) = outcome(items, &vec![k - 1; items.len()]);
+    cost_grid()
+        .into_iter()
+        .map(|w| {
+            let (q, l, s) = outcome(items, &route_all(pred, latency_ms, w));
+            CostPoint {
+                cost_weight: w,
+                quality_vs_largest: if q_l > 0.0 { q / q_l } else { 0.0 },
+                latency_vs_largest: if l_l > 0.0 { l / l_l } else { 0.0 },
+                largest_share: s,
+            }
+        })
+        .collect()
+}
+
+/// The highest cost weight whose quality is at least `target` × always-largest's (0 if none).
+pub fn calibrate(curve: &[CostPoint], target: f64) -> f64 {
+    curve.iter().filter(|p| p.quality_vs_largest >= target).map(|p| p.cost_weight).fold(0.0, f64::max)
+}
+
+/// Folds of `idx` grouped by template family: whole families, greedily balanced by size.
+pub fn family_folds(table: &Table, idx: &[usize], folds: usize) -> Vec<Vec<usize>> {
+    let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for &i in idx {
+        by.entry(&table.items[i].family).or_default().push(i);
+    }
+    let mut fams: Vec<Vec<usize>> = by.into_values().collect();
+    fams.sort_by(|a, b| b.len().cmp(&a.len()).then(a[0].cmp(&b[0])));
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); folds.max(2).min(fams.len().max(1))];
+    for f in fams {
+        let smallest = (0..out.len()).min_by_key(|&j| (out[j].len(), j)).unwrap_or(0);
+        out[smallest].extend(f);
+    }
+    for f in &mut out {
+        f.sort_unstable();
+    }
+    out.retain(|f| !f.is_empty());
+    out
+}
+
+fn cross_entropy(pred: &[Vec<f64>], items: &[&Item]) -> f64 {
+    let mut s = 0.0;
+    let mut n = 0usize;
+    for (p, it) in pred.iter().zip(items) {
+        for (q, y) in p.iter().zip(&it.quality) {
+            let q = q.clamp(1e-15, 1.0 - 1e-15);
+            s -= y * q.ln() + (1.0 - y) * (1.0 - q).ln();
+            n += 1;
+        }
+    }
+    s / n.max(1) as f64
 }
 
 /// Everything `train` produced (also written to `cfg.out_dir`).
@@ -155,102 +304,63 @@ pub struct TrainOutcome {
 
 /// Train and write the model directory.
 pub fn train(table: &Table, embeddings: &[Embedding], cfg: &TrainConfig) -> Result<TrainOutcome> {
-    let k = table.classes.len();
-    let w = cfg.latency_weight;
     let (train_idx, test_idx) = table.split(cfg.test_share, cfg.seed);
     if train_idx.len() < cfg.folds.max(2) * 2 {
         bail!("only {} training prompts: too few to train", train_idx.len());
     }
-    let train_emb: Vec<Vec<f32>> = train_idx.iter().map(|&i| embeddings[i].vector.clone()).collect();
-    let pca = Pca::fit(&train_emb, cfg.pca_dims).context("fitting the PCA")?;
-    let names = feature_names(pca.dims());
-    let all_rows = rows(table, embeddings, &pca);
-    let labels: Vec<f32> = table.items.iter().map(|it| it.label(w) as f32).collect();
+    let latency_ms = median_latency(table, &train_idx);
 
-    // k-fold cross-validation on the training split, folds by a seeded hash order.
-    let mut order = train_idx.clone();
-    order.sort_by_key(|&i| {
-        let mut h = Sha256::new();
-        h.update((cfg.seed ^ 0x5eed).to_le_bytes());
-        h.update(table.items[i].id.as_bytes());
-        h.finalize()
-    });
-    let folds = cfg.folds.max(2);
+    // Cross-validation, folds by template family: out-of-fold predictions are for unseen families.
+    let folds = family_folds(table, &train_idx, cfg.folds);
+    if folds.len() < 2 {
+        bail!("the training split holds one template family: nothing to cross-validate on");
+    }
     let mut oof: Vec<Option<Vec<f64>>> = vec![None; table.items.len()];
     let mut fold_results = Vec::new();
-    for f in 0..folds {
-        let valid: Vec<usize> = order.iter().enumerate().filter(|(j, _)| j % folds == f).map(|(_, &i)| i).collect();
-        let fit: Vec<usize> = order.iter().enumerate().filter(|(j, _)| j % folds != f).map(|(_, &i)| i).collect();
-        let pick = |idx: &[usize]| -> (Vec<Vec<f32>>, Vec<f32>) {
-            (idx.iter().map(|&i| all_rows[i].clone()).collect(), idx.iter().map(|&i| labels[i]).collect())
-        };
-        let (fx, fy) = pick(&fit);
-        let (vx, vy) = pick(&valid);
-        let dtrain = dataset(&fx, &fy, &names, None)?;
-        let dvalid = dataset(&vx, &vy, &names, Some(&dtrain))?;
-        let b =
-            Booster::train_with_valid(dtrain, Some(dvalid), &params(k, cfg.max_rounds, cfg.seed, cfg.threads, true))
-                .map_err(|e| anyhow::anyhow!("LightGBM training (fold {f}): {e}"))?;
-        let preds = predict_rows(&b, &vx, k)?;
-        let mut correct = 0usize;
-        let mut ll = 0.0;
-        for (p, &y) in preds.iter().zip(&vy) {
-            correct += (argmax(p) == y as usize) as usize;
-            ll -= p[y as usize].max(1e-15).ln();
-        }
-        for (&i, p) in valid.iter().zip(preds) {
-            oof[i] = Some(p);
-        }
+    for (f, valid) in folds.iter().enumerate() {
+        let fit_idx: Vec<usize> = train_idx.iter().copied().filter(|i| valid.binary_search(i).is_err()).collect();
+        let m = fit(table, embeddings, &fit_idx, Some(valid), cfg.max_rounds, cfg)?;
+        let pred = m.predict(table, embeddings, valid)?;
+        let items: Vec<&Item> = valid.iter().map(|&i| &table.items[i]).collect();
+        let mut families: Vec<String> = items.iter().map(|it| it.family.clone()).collect();
+        families.sort();
+        families.dedup();
         fold_results.push(FoldResult {
             fold: f,
-            rows: valid.len(),
-            best_rounds: b.num_iterations(),
-            accuracy: correct as f64 / valid.len().max(1) as f64,
-            log_loss: ll / valid.len().max(1) as f64,
+            families,
+            prompts: valid.len(),
+            best_rounds: m.booster.num_iterations(),
+            log_loss: cross_entropy(&pred, &items),
         });
+        for (&i, p) in valid.iter().zip(pred) {
+            oof[i] = Some(p);
+        }
     }
-    let total: usize = fold_results.iter().map(|r| r.rows).sum();
-    let cv_accuracy = fold_results.iter().map(|r| r.accuracy * r.rows as f64).sum::<f64>() / total as f64;
-    let cv_log_loss = fold_results.iter().map(|r| r.log_loss * r.rows as f64).sum::<f64>() / total as f64;
-    let rounds =
-        ((fold_results.iter().map(|r| r.best_rounds as f64).sum::<f64>() / folds as f64).round() as i32).max(5);
+    let total: usize = fold_results.iter().map(|r| r.prompts).sum();
+    let cv_log_loss = fold_results.iter().map(|r| r.log_loss * r.prompts as f64).sum::<f64>() / total.max(1) as f64;
+    let rounds = ((fold_results.iter().map(|r| r.best_rounds as f64).sum::<f64>() / fold_results.len() as f64).round()
+        as i32)
+        .max(5);
 
-    // Confidence threshold: the one whose out-of-fold routing has the best mean utility.
-    let mut curve = Vec::new();
-    for step in 0..=18 {
-        let t = if step == 0 { 0.0 } else { 0.3 + 0.035 * (step - 1) as f64 };
-        let u: f64 = train_idx
-            .iter()
-            .filter_map(|&i| oof[i].as_ref().map(|p| table.items[i].utility(w)[route(p, t)]))
-            .sum::<f64>()
-            / train_idx.len() as f64;
-        curve.push((t, u));
-    }
-    let (threshold, _) =
-        curve
-            .iter()
-            .copied()
-            .fold((0.0, f64::NEG_INFINITY), |best, (t, u)| if u > best.1 + 1e-12 { (t, u) } else { best });
+    // The default cost weight: the cheapest setting that keeps the quality target out of fold.
+    let covered: Vec<usize> = train_idx.iter().copied().filter(|&i| oof[i].is_some()).collect();
+    let items: Vec<&Item> = covered.iter().map(|&i| &table.items[i]).collect();
+    let pred: Vec<Vec<f64>> = covered.iter().filter_map(|&i| oof[i].clone()).collect();
+    let curve = cost_curve(&items, &pred, &latency_ms);
+    let cost_weight = calibrate(&curve, cfg.quality_target);
 
     // The final model on the whole training split.
-    let (tx, ty): (Vec<Vec<f32>>, Vec<f32>) =
-        (train_idx.iter().map(|&i| all_rows[i].clone()).collect(), train_idx.iter().map(|&i| labels[i]).collect());
-    let final_params = params(k, rounds as u32, cfg.seed, cfg.threads, false);
-    let booster = Booster::train(dataset(&tx, &ty, &names, None)?, &final_params)
-        .map_err(|e| anyhow::anyhow!("LightGBM training: {e}"))?;
-
-    let mut label_counts = vec![0usize; k];
-    for &i in &train_idx {
-        label_counts[labels[i] as usize] += 1;
-    }
+    let m = fit(table, embeddings, &train_idx, None, rounds as u32, cfg)?;
+    let names = model_feature_names(m.pca.dims());
     let meta = RouterModelMeta {
         version: RouterModelMeta::VERSION,
         feature_names: names.clone(),
-        pca: pca.clone(),
+        pca: m.pca.clone(),
         classes: table.classes.clone(),
-        fallback_model: table.classes[k - 1].clone(),
-        latency_weight: w,
-        confidence_threshold: threshold,
+        latency_ms: latency_ms.clone(),
+        cost_weight,
+        quality_target: cfg.quality_target,
+        cost_curve: curve.clone(),
         training_data_sha256: table.data_sha256.clone(),
         trained_at: crate::now_rfc3339(),
     };
@@ -263,22 +373,20 @@ pub fn train(table: &Table, embeddings: &[Embedding], cfg: &TrainConfig) -> Resu
     };
     let report = TrainReport {
         classes: table.classes.clone(),
-        label_counts,
-        train_rows: train_idx.len(),
-        test_rows: test_idx.len(),
+        train_prompts: train_idx.len(),
+        test_prompts: test_idx.len(),
         features: names.len(),
-        pca_explained_variance: pca.explained_variance_ratio.clone(),
+        pca_explained_variance: m.pca.explained_variance_ratio.clone(),
         folds: fold_results,
-        cv_accuracy,
         cv_log_loss,
         rounds,
-        latency_weight: w,
-        confidence_threshold: threshold,
-        threshold_curve: curve,
-        params: final_params,
+        quality_target: cfg.quality_target,
+        cost_weight,
+        cost_curve: curve,
+        params: params(rounds as u32, cfg.seed, cfg.threads, false),
         training_data_sha256: table.data_sha256.clone(),
     };
-    write_model_dir(&cfg.out_dir, &booster, &meta, &split, &report)?;
+    write_model_dir(&cfg.out_dir, &m.booster, &meta, &split, &report)?;
     Ok(TrainOutcome { meta, report, split })
 }
 
@@ -305,4 +413,61 @@ fn write_model_dir(
     }
     std::fs::remove_dir_all(&tmp).ok();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, family: &str, q: &[f64], l: &[f64]) -> Item {
+        Item {
+            id: id.into(),
+            category: "math".into(),
+            family: family.into(),
+            prompt: "p".into(),
+            quality: q.to_vec(),
+            latency_ms: l.to_vec(),
+        }
+    }
+
+    #[test]
+    fn folds_hold_whole_families() {
+        let fams = ["a", "a", "a", "b", "b", "c", "d", "d", "e"];
+        let table = Table {
+            classes: vec!["s".into(), "l".into()],
+            items: fams.iter().enumerate().map(|(i, f)| item(&i.to_string(), f, &[0.0, 1.0], &[1.0, 2.0])).collect(),
+            data_sha256: String::new(),
+        };
+        let idx: Vec<usize> = (0..fams.len()).collect();
+        let folds = family_folds(&table, &idx, 3);
+        assert_eq!(folds.len(), 3);
+        let mut all: Vec<usize> = folds.concat();
+        all.sort_unstable();
+        assert_eq!(all, idx, "every prompt in exactly one fold");
+        for f in &folds {
+            for g in &folds {
+                if f != g {
+                    let fa: Vec<&str> = f.iter().map(|&i| fams[i]).collect();
+                    assert!(g.iter().all(|&i| !fa.contains(&fams[i])), "a family split across folds: {folds:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_default_is_the_cheapest_weight_that_keeps_the_target() {
+        // The small model answers the first prompt as well as the large one, not the second.
+        let a = item("a", "x", &[1.0, 1.0], &[100.0, 1000.0]);
+        let b = item("b", "x", &[0.0, 1.0], &[100.0, 1000.0]);
+        let items = vec![&a, &b];
+        // Predictions that know it.
+        let pred = vec![vec![0.9, 0.95], vec![0.1, 0.9]];
+        let curve = cost_curve(&items, &pred, &[100.0, 1000.0]);
+        let w = calibrate(&curve, 0.95);
+        let at = curve.iter().find(|p| p.cost_weight == w).unwrap();
+        assert!(at.quality_vs_largest >= 0.95 && at.latency_vs_largest < 0.6, "{at:?}");
+        // A higher weight sends the second prompt to the small model too and loses quality.
+        assert!(curve.iter().filter(|p| p.cost_weight > w).all(|p| p.quality_vs_largest < 0.95), "{curve:?}");
+        assert_eq!(calibrate(&curve, 2.0), 0.0, "an unreachable target keeps the weight at 0");
+    }
 }

@@ -30,7 +30,7 @@ fn ctx() -> ScoreContext<'static> {
 }
 
 fn rec(category: Category, checker: Checker) -> PromptRecord {
-    PromptRecord { id: "t".into(), category, prompt: "p".into(), max_tokens: 32, checker }
+    PromptRecord { id: "t".into(), category, family: None, prompt: "p".into(), max_tokens: 32, checker }
 }
 
 fn numeric(answer: &str, tol: f64) -> PromptRecord {

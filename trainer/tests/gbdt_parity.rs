@@ -239,6 +239,8 @@ fn equals_lightgbm_on_categorical_and_missing_values() {
         ("objective=multiclass num_class=3", 3, false, "multiclass.txt"),
         ("objective=multiclass num_class=3", 3, true, "multiclass_zero.txt"),
         ("objective=binary", 2, false, "binary.txt"),
+        // The router's quality model: labels in [0, 1], a logistic output.
+        ("objective=cross_entropy", 2, false, "xentropy.txt"),
     ] {
         let (path, rows) = train(objective, classes, zero_as_missing, dir.path(), name);
         let text = std::fs::read_to_string(&path).unwrap();

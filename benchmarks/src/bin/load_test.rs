@@ -110,6 +110,11 @@ struct Args {
     /// prompt is answered from the cache.
     #[arg(long)]
     semantic_cache: bool,
+
+    /// The learned router's quality/latency knob for every request (`"cost_weight"`); unset: the
+    /// router's default.
+    #[arg(long)]
+    cost_weight: Option<f64>,
     /// API key, sent as `Authorization: Bearer`.
     #[arg(long, env = "POLYLLM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -267,6 +272,7 @@ async fn run() -> Result<i32> {
                             prefer_backend: Some(args.prefer_backend.into()),
                             model: args.model.clone(),
                             semantic_cache: args.semantic_cache.then_some(true),
+                            cost_weight: args.cost_weight,
                         },
                     };
                     let mut rec = RequestRecord {

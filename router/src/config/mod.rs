@@ -151,6 +151,29 @@ pub struct RoutingConfig {
     /// How often the router model directory is checked for a new model (ms); 0 turns it off.
     #[arg(long, env = "ROUTER_MODEL_POLL_MS", default_value_t = 2000)]
     pub router_model_poll_ms: u64,
+
+    /// The learned router's quality/latency knob: how much predicted answer quality (0-1) one
+    /// largest-model latency is worth. 0 takes the best predicted answer whatever it costs; higher
+    /// values send more to faster models. Unset: the model's calibrated default (meta.json). A
+    /// request's `cost_weight` field overrides it.
+    #[arg(long, env = "COST_WEIGHT", value_parser = parse_cost_weight)]
+    pub cost_weight: Option<f64>,
+
+    /// Weigh each backend's load (requests running and queued, from the router's count and the
+    /// service's /health) into the learned router's expected latency, so a saturated model's
+    /// prompts go to a smaller model that answers them nearly as well.
+    #[arg(long, env = "LOAD_AWARE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub load_aware: bool,
+}
+
+fn parse_cost_weight(s: &str) -> Result<f64, String> {
+    let w: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    let max = polyllm_common::router_model::MAX_COST_WEIGHT;
+    if (0.0..=max).contains(&w) {
+        Ok(w)
+    } else {
+        Err(format!("must be a number from 0 to {max}"))
+    }
 }
 
 /// The shared store of the cache and the rate limits.
