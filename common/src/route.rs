@@ -49,10 +49,6 @@ impl<'de> Deserialize<'de> for Preference {
     }
 }
 
-/// The highest `cost_weight` a request or the router's config may set: past it every choice is the
-/// fastest model.
-pub const MAX_COST_WEIGHT: f64 = 100.0;
-
 /// The fields a router request adds to a model service's request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Routing {
@@ -78,7 +74,9 @@ impl Routing {
     /// The request's cost weight, checked: a number in [0, MAX_COST_WEIGHT].
     pub fn cost_weight(&self) -> Result<Option<f64>, crate::validation::ValidationError> {
         match self.cost_weight {
-            Some(w) if !(0.0..=MAX_COST_WEIGHT).contains(&w) => Err(crate::validation::ValidationError::CostWeight(w)),
+            Some(w) if !(0.0..=crate::validation::MAX_COST_WEIGHT).contains(&w) => {
+                Err(crate::validation::ValidationError::CostWeight(w))
+            }
             w => Ok(w),
         }
     }

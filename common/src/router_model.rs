@@ -86,7 +86,7 @@ pub enum MetaError {
     Invalid { path: String, message: String },
 }
 
-pub use crate::route::MAX_COST_WEIGHT;
+pub use crate::validation::MAX_COST_WEIGHT;
 
 /// The routing rule, shared by the router and the trainer: the class with the highest
 /// `quality[c] − cost_weight · latency_ms[c] / reference_ms`; of equal utilities the faster wins.

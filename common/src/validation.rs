@@ -18,6 +18,10 @@ pub const MAX_STOP_SEQUENCES: usize = 16;
 /// … each of 1 to this many bytes.
 pub const MAX_STOP_LEN: usize = 256;
 
+/// The highest `cost_weight` a request or the router's config may set: past it every choice is the
+/// fastest model.
+pub const MAX_COST_WEIGHT: f64 = 100.0;
+
 /// Why a request was refused before it ran. Syntax and shape errors of the JSON body are
 /// [`ValidationError::Syntax`] (400) and [`ValidationError::Shape`] (422); every other rule is
 /// its own variant (400).
@@ -60,7 +64,7 @@ pub enum ValidationError {
     #[error("{field} is {chars} characters, more than the limit of {limit}")]
     PromptTooLong { field: &'static str, chars: usize, limit: usize },
     /// A `cost_weight` that is not a number in [0, MAX_COST_WEIGHT].
-    #[error("cost_weight must be a number from 0 to {max}, got {0}", max = crate::route::MAX_COST_WEIGHT)]
+    #[error("cost_weight must be a number from 0 to {max}, got {0}", max = MAX_COST_WEIGHT)]
     CostWeight(f64),
     /// An unknown `prefer_backend`; the value as the client wrote it, quoted.
     #[error("prefer_backend must be \"cpu\", \"gpu\" or \"auto\", not {0}")]

@@ -201,7 +201,7 @@ export function reasonTags(route: RouteEvent | undefined): string[] {
   const tags: string[] = [];
   if (r.includes('no healthy gpu')) tags.push('no GPU available');
   if (r.includes('no healthy cpu')) tags.push('no CPU available');
-  // The router's reason starts `low_confidence:` (router/src/learned.rs).
+  // Routers with the earlier multiclass model said `low_confidence:` when they fell back to the largest model.
   if (r.includes('low_confidence') || r.includes('low confidence') || r.includes('low-confidence')) tags.push('low-confidence fallback');
   else if (r.includes('fell back') || r.includes('fallback')) tags.push('fallback');
   if (route.cache === 'hit') tags.push('cache hit');
